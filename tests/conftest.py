@@ -102,3 +102,49 @@ def model_from_official(state_dict, **config_overrides) -> PixelDiTTransformer2D
     model = PixelDiTTransformer2DModel(**config)
     model.load_state_dict(official_to_diffusers_state_dict(state_dict), strict=True)
     return model.eval()
+
+
+def tolerance_check(ours: torch.Tensor, official: torch.Tensor, official_fp64: torch.Tensor | None, tolerance: float):
+    """The fixtures' rule: within `tolerance` of the official fp32 output, or at least as accurate as the official
+    fp32 code against the same algorithm run in float64. Returns (passed, message)."""
+    error = (ours.double() - official.double()).abs().max().item()
+    if error <= tolerance:
+        return True, f"|ours - official| = {error:.3g} <= {tolerance}"
+    if official_fp64 is None:
+        return False, f"|ours - official| = {error:.3g} > {tolerance} (no float64 reference)"
+    official_error = (official.double() - official_fp64).abs().max().item()
+    bound = max(tolerance, 2 * official_error)
+    error64 = (ours.double() - official_fp64).abs().max().item()
+    message = f"|ours - official| = {error:.3g}; |ours - fp64| = {error64:.3g} vs bound {bound:.3g}"
+    return error64 <= bound, message
+
+
+def tiny_text_components(width: int = 8, seed: int = 0):
+    """A word-level tokenizer (BOS prepended, right padding) and a tiny Gemma-2 encoder, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
+
+    from diffusers_pixeldit import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION
+
+    words = " ".join(PIXELDIT_COMPLEX_HUMAN_INSTRUCTION).split() + "a A cat Cat dog digit seven sign red".split()
+    vocab = {"<pad>": 0, "<bos>": 1, "<unk>": 2}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", unk_token="<unk>", padding_side="right"
+    )
+    torch.manual_seed(seed)
+    config = Gemma2Config(
+        hidden_size=width,
+        head_dim=16,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=len(vocab),
+        max_position_embeddings=512,
+    )
+    return tokenizer, Gemma2Model(config).eval()

@@ -1,21 +1,43 @@
 """diffusers-pixeldit: PixelDiT (pixel-space diffusion transformers) for Hugging Face diffusers."""
 
+# diffusers' loader looks these base-class names up on the library a component comes from.
+from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
+from diffusers.pipelines import pipeline_loading_utils
+
 from .conversion import (
     diffusers_to_official_state_dict,
     infer_config_from_official_state_dict,
     official_to_diffusers_state_dict,
 )
 from .models import PIXELDIT_PRESETS, PixelDiTAttention, PixelDiTAttnProcessor, PixelDiTTransformer2DModel
+from .pipelines import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTPipeline, PixelDiTT2IPipeline, imagenet_id2label
+from .schedulers import PixelDiTFlowScheduler
 
 
 __version__ = "0.1.0"
 
+# Register this package as a library diffusers loads components from. `save_pretrained` then records our
+# components as ["diffusers_pixeldit", "<Class>"], and loading them works for local folders and Hub repo ids alike
+# (without it, diffusers 0.42 rejects Hub repos whose model_index.json names a third-party module).
+pipeline_loading_utils.LOADABLE_CLASSES.setdefault(
+    "diffusers_pixeldit",
+    {
+        "ModelMixin": ["save_pretrained", "from_pretrained"],
+        "SchedulerMixin": ["save_pretrained", "from_pretrained"],
+    },
+)
+
 __all__ = [
+    "PIXELDIT_COMPLEX_HUMAN_INSTRUCTION",
     "PIXELDIT_PRESETS",
     "PixelDiTAttention",
     "PixelDiTAttnProcessor",
+    "PixelDiTFlowScheduler",
+    "PixelDiTPipeline",
+    "PixelDiTT2IPipeline",
     "PixelDiTTransformer2DModel",
     "diffusers_to_official_state_dict",
+    "imagenet_id2label",
     "infer_config_from_official_state_dict",
     "official_to_diffusers_state_dict",
 ]

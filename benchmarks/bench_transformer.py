@@ -1,0 +1,278 @@
+"""Speed, FLOP/s and peak-memory benchmark of `PixelDiTTransformer2DModel`.
+
+Usage:
+    python benchmarks/bench_transformer.py --quick                      # smoke run: PixelDiT-B, 1 repeat
+    python benchmarks/bench_transformer.py                              # B, L, XL at 256², fp32 + bf16, forward
+    python benchmarks/bench_transformer.py --presets XL --backward --json xl.json
+
+For each device, preset, dtype and mode, in a fresh subprocess (so that peaks do not carry over):
+- mode "fwd": eval mode, one forward under `torch.inference_mode`; "fwd+bwd": train mode, forward, MSE loss to a
+  random target, backward (a training step without the optimiser). Inputs: random images (in the model's dtype),
+  timesteps in [0, 1000] (float32), class ids (or random text states for the text-to-image preset).
+- time: median wall-clock seconds over `--repeats` iterations (CUDA synchronised), after one FLOP-counting pass and
+  `--warmup` plain iterations; img/s = batch / time.
+- GFLOP/img: matmul and attention FLOPs (multiply-add = 2) counted by `torch.utils.flop_counter.FlopCounterMode`
+  on the FLOP-counting pass, backward included for fwd+bwd; elementwise ops, norms and activations are not counted.
+- % of GEMM peak: achieved GFLOP/s over the best GFLOP/s of a square `torch.matmul` in the same dtype on the same
+  device, measured at the start of the run.
+- peak memory: CUDA: `torch.cuda.max_memory_allocated` (live tensors). CPU (Linux): the process's resident-set
+  high-water mark VmHWM, reset through /proc/self/clear_refs once the model and inputs are in place; it includes
+  the Python/torch runtime and allocator caches. Δ = peak minus the memory in use at that reset (weights, inputs,
+  runtime), i.e. activations, gradients and workspace.
+Weights are random N(0, 0.02) rather than the preset's initialisation (faster to build; speed does not depend on
+the values).
+"""
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+
+import diffusers
+import torch
+import torch.nn.functional as F
+from diffusers.utils import logging as diffusers_logging
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from diffusers_pixeldit import PIXELDIT_PRESETS, PixelDiTTransformer2DModel
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRESETS = [name.removeprefix("PixelDiT-") for name in PIXELDIT_PRESETS]
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# FlopCounterMode has no formulas for the flash-attention kernels that SDPA dispatches to on CPU.
+CPU_SDPA_FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+}
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo."""
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+
+
+def timed(fn, device: torch.device) -> float:
+    """Wall-clock seconds of one call of `fn`, synchronising CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+# (a, b) -> product: the three layouts of a square GEMM. On CPUs without native bf16, PyTorch's bf16 GEMM speed
+# depends strongly on the layout (nn.Linear's forward is a @ b.T, its input gradient a @ b).
+GEMM_LAYOUTS = {"a@b": lambda a, b: a @ b, "a@b.T": lambda a, b: a @ b.T, "a.T@b": lambda a, b: a.T @ b}
+
+
+def gemm_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> dict[str, float]:
+    """GFLOP/s of a (size x size) @ (size x size) `torch.matmul` per layout: fastest of `repeats + 1` calls, or of
+    the calls made in 2 s (at least one)."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    results = {}
+    for name, product in GEMM_LAYOUTS.items():
+        times = []
+        while len(times) <= repeats and sum(times) < 2.0:
+            times.append(timed(partial(product, a, b), device))
+        results[name] = 2 * size**3 / min(times) / 1e9
+    return results
+
+
+def proc_status_bytes(field: str) -> int:
+    """A memory field (VmRSS, VmHWM) of /proc/self/status, in bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def reset_peak_memory(device: torch.device) -> int:
+    """Restarts the peak-memory measurement; returns the bytes in use now."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current VmRSS
+    return proc_status_bytes("VmRSS")
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes since `reset_peak_memory`."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return proc_status_bytes("VmHWM")
+
+
+def build_model(preset: str, device: torch.device, dtype: torch.dtype) -> PixelDiTTransformer2DModel:
+    """The preset's architecture with random N(0, 0.02) weights, built directly on `device` in `dtype`."""
+    with torch.device("meta"):
+        model = PixelDiTTransformer2DModel.from_preset(f"PixelDiT-{preset}").to(dtype)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.02)
+    return model
+
+
+def measure(job: dict) -> dict:
+    """Runs one measurement (meant for a fresh process) and returns `job` with its results."""
+    device, dtype, batch, size = torch.device(job["device"]), DTYPES[job["dtype"]], job["batch"], job["resolution"]
+    diffusers_logging.set_verbosity_error()  # `.to(bfloat16)` warns about an empty list of fp32 modules
+    torch.manual_seed(0)
+    model = build_model(job["preset"], device, dtype)
+    images = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+    timestep = torch.rand(batch, device=device) * 1000
+    if model.is_text_conditioned:
+        text_shape = (batch, model.config.max_text_length, model.config.text_embed_dim)
+        condition = {"encoder_hidden_states": torch.randn(text_shape, device=device, dtype=dtype)}
+    else:
+        condition = {"class_labels": torch.randint(0, model.config.num_classes, (batch,), device=device)}
+
+    if job["mode"] == "fwd":
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                model(images, timestep, **condition)
+    else:
+        model.train()
+        target = torch.randn_like(images, dtype=torch.float32)
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            F.mse_loss(model(images, timestep, **condition).sample.float(), target).backward()
+
+    in_use = reset_peak_memory(device)
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOP_FORMULAS) as counter:
+        step()
+    for _ in range(job["warmup"]):
+        step()
+    times = [timed(step, device) for _ in range(job["repeats"])]
+    peak = peak_memory(device)
+    return {
+        **job,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "times_s": times,
+        "time_s": statistics.median(times),
+        "gflop_per_image": counter.get_total_flops() / batch / 1e9,
+        "peak_mib": peak / 2**20,
+        "delta_mib": (peak - in_use) / 2**20,
+    }
+
+
+COLUMNS = ["device", "preset", "dtype", "batch", "mode", "params M", "time s", "img/s", "GFLOP/img", "GFLOP/s"]
+COLUMNS += ["% of GEMM peak", "peak MiB", "Δ MiB"]
+
+
+def table_row(cells) -> str:
+    """A markdown table row."""
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def result_row(result: dict) -> str:
+    """The table row of a measurement."""
+    return table_row(
+        [result["device"], f"PixelDiT-{result['preset']}", result["dtype"], result["batch"], result["mode"]]
+        + [f"{result['params_m']:.1f}", f"{result['time_s']:.3f}", f"{result['batch'] / result['time_s']:.2f}"]
+        + [f"{result['gflop_per_image']:.1f}", f"{result['gflop_per_s']:.1f}", f"{result['gemm_peak_pct']:.0f}%"]
+        + [f"{result['peak_mib']:,.0f}", f"{result['delta_mib']:,.0f}"]
+    )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="+", choices=PRESETS, default=["B", "L", "XL"])
+    parser.add_argument("--resolution", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--batch-size", type=int, default=2, help="default 2: one classifier-free-guidance step")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp32", "bf16"])
+    parser.add_argument("--device", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda if available")
+    parser.add_argument("--repeats", type=int, default=5, help="timed iterations (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations after the FLOP-counting pass")
+    parser.add_argument("--backward", action="store_true", help="also measure forward+backward")
+    parser.add_argument("--gemm-size", type=int, help="side of the GEMM-peak matmul (default: cpu 2048, cuda 8192)")
+    parser.add_argument("--gemm-repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smoke run: PixelDiT-B only, 1 repeat, no warm-up")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.quick:
+        args.presets, args.repeats, args.warmup = ["B"], 1, 0
+    args.device = args.device or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    return args
+
+
+def main():
+    args = parse_args()
+    env = {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        **({"gpu": torch.cuda.get_device_name()} if "cuda" in args.device else {}),
+    }
+    print("# PixelDiT transformer benchmark\n")
+    print(", ".join(f"{key}: {value}" for key, value in env.items()))
+    print(
+        f"{args.resolution}x{args.resolution}, batch {args.batch_size}; time = median of {args.repeats} after a "
+        f"FLOP-counting pass and {args.warmup} warm-up iteration(s)"
+    )
+
+    gemm = {}
+    for device in args.device:
+        size = args.gemm_size or {"cpu": 2048, "cuda": 8192}[device]
+        for dtype in args.dtypes:
+            layouts = gemm_gflops(torch.device(device), DTYPES[dtype], size, args.gemm_repeats)
+            gemm[f"{device}/{dtype}"] = {"size": size, "peak": max(layouts.values()), "layouts": layouts}
+            print(
+                f"GEMM peak {device}/{dtype}: {max(layouts.values()):,.1f} GFLOP/s, best {size}³ torch.matmul ("
+                + ", ".join(f"{name} {value:,.1f}" for name, value in layouts.items())
+                + ")"
+            )
+    print(
+        "peak memory: cuda = torch.cuda.max_memory_allocated; cpu = process peak RSS (VmHWM, includes the runtime); "
+        "Δ = peak - memory in use before the first iteration (weights, inputs)\n"
+    )
+    print(table_row(COLUMNS))
+    print(table_row(["---"] * len(COLUMNS)))
+
+    modes = ["fwd", "fwd+bwd"] if args.backward else ["fwd"]
+    jobs = [
+        {"device": device, "preset": preset, "dtype": dtype, "batch": args.batch_size, "mode": mode}
+        | {"resolution": args.resolution, "warmup": args.warmup, "repeats": args.repeats}
+        for device in args.device
+        for preset in args.presets
+        for dtype in args.dtypes
+        for mode in modes
+    ]
+    results = []
+    # One fresh process per measurement, so that each has its own memory high-water mark.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
+        for job in jobs:
+            result = pool.submit(measure, job).result()
+            result["gflop_per_s"] = result["gflop_per_image"] * result["batch"] / result["time_s"]
+            result["gemm_peak_pct"] = 100 * result["gflop_per_s"] / gemm[f"{job['device']}/{job['dtype']}"]["peak"]
+            results.append(result)
+            print(result_row(result), flush=True)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "gemm_gflop_per_s": gemm, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

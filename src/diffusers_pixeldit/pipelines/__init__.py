@@ -1,0 +1,5 @@
+from .pipeline_pixeldit import PixelDiTPipeline, imagenet_id2label
+from .pipeline_pixeldit_t2i import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTT2IPipeline
+
+
+__all__ = ["PIXELDIT_COMPLEX_HUMAN_INSTRUCTION", "PixelDiTPipeline", "PixelDiTT2IPipeline", "imagenet_id2label"]

@@ -1,0 +1,149 @@
+# Copyright 2026 The diffusers-pixeldit authors. Licensed under the Apache License, Version 2.0.
+"""The samplers of the official PixelDiT class-conditional release, as a diffusers scheduler."""
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+
+
+SOLVERS = ("adams_bashforth", "euler")
+
+
+@dataclass
+class PixelDiTFlowSchedulerOutput(BaseOutput):
+    """prev_sample (`torch.Tensor` of shape `(B, C, H, W)`): the sample at the next (less noisy) grid point."""
+
+    prev_sample: torch.Tensor
+
+
+class PixelDiTFlowScheduler(SchedulerMixin, ConfigMixin):
+    """Flow-matching ODE sampler on the official PixelDiT grid.
+
+    `solver="adams_bashforth"` is the official "FlowDPMSolver" (the ImageNet model cards' sampler): a first Euler step,
+    then the 2-step Adams–Bashforth update `x += dt · (1.5 v_i − 0.5 v_{i−1})` with constant coefficients;
+    `solver="euler"` is its Euler sibling.
+
+    The grid is the official one, built in float32 in the data-time `t = 1 − σ`: `t_i = linspace(0, 1 − 1/N, N)`, then
+    1.0 appended, then the timeshift `t' = t / (t + (1 − t) · shift)` (σ' = shift·σ / (1 + (shift − 1)·σ)). The
+    `sigmas` are `1 − t'` held in float64, which is exact, so that step sizes and the strict CFG-interval tests
+    `lo < 1 − σ < hi` reproduce the official float32 decisions on grid points. `timesteps` are σ·1000 (float32).
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000): scale of the model's time input (`timestep = σ · 1000`).
+        shift (`float`, defaults to 1.0): the timeshift; changeable with `set_shift`.
+        solver (`str`, defaults to `"adams_bashforth"`): `"adams_bashforth"` or `"euler"`.
+    """
+
+    _compatibles = []
+    order = 1
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, solver: str = "adams_bashforth"):
+        if solver not in SOLVERS:
+            raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+        if shift <= 0:
+            raise ValueError(f"`shift` must be positive, got {shift}.")
+        self._shift = shift
+        self.num_inference_steps = None
+        self.timesteps = None
+        self.sigmas = None
+        self._step_index = None
+        self._begin_index = None
+        self._previous_velocity = None
+
+    @property
+    def shift(self) -> float:
+        return self._shift
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_shift(self, shift: float):
+        """Sets the timeshift used by the next `set_timesteps`."""
+        if shift <= 0:
+            raise ValueError(f"`shift` must be positive, got {shift}.")
+        self._shift = shift
+
+    def set_begin_index(self, begin_index: int = 0):
+        self._begin_index = begin_index
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: list[float] | None = None,
+    ):
+        """Builds the shifted grid of `num_inference_steps` steps, or from custom unshifted `sigmas` (descending, in
+        (0, 1]; a final σ = 0 is appended and the shift applied as for the default grid)."""
+        if sigmas is not None:
+            data_time = 1 - torch.as_tensor(sigmas, dtype=torch.float32)
+            if num_inference_steps is not None and num_inference_steps != len(data_time):
+                raise ValueError(f"{len(data_time)} sigmas given for num_inference_steps={num_inference_steps}.")
+        elif num_inference_steps is None or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps}.")
+        else:
+            data_time = torch.linspace(0.0, 1 - 1 / num_inference_steps, num_inference_steps)
+        if data_time.ndim != 1 or not ((data_time >= 0) & (data_time < 1)).all():
+            raise ValueError(f"`sigmas` must be a 1-D list of values in (0, 1], got {sigmas}.")
+        data_time = torch.cat([data_time, torch.ones(1)])
+        data_time = data_time / (data_time + (1 - data_time) * self.shift)
+
+        self.num_inference_steps = len(data_time) - 1
+        self.sigmas = (1 - data_time.double()).to(device)
+        self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).float()
+        self._step_sizes = (data_time[1:] - data_time[:-1]).to(device)  # float32 dt of the official sampler
+        self._step_index = None
+        self._begin_index = None
+        self._previous_velocity = None
+
+    def index_for_timestep(self, timestep: float | torch.Tensor) -> int:
+        indices = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero()
+        if len(indices) == 0:
+            raise ValueError(f"Timestep {timestep} is not on the grid {self.timesteps.tolist()}.")
+        return indices[0].item()
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+    ) -> PixelDiTFlowSchedulerOutput | tuple[torch.Tensor]:
+        """One step from grid point i to i + 1.
+
+        Args:
+            model_output (`torch.Tensor` of shape `(B, C, H, W)`): the (guided) velocity `noise − x0` at step i.
+            timestep: `timesteps[i]`.
+            sample (`torch.Tensor` of shape `(B, C, H, W)`): `x_t` at step i.
+
+        Returns:
+            The sample at grid point i + 1, computed in float32 and returned in `sample`'s dtype.
+        """
+        if self.timesteps is None:
+            raise ValueError("Call `set_timesteps` before `step`.")
+        if self._step_index is None:
+            self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+        step_size = self._step_sizes[self._step_index]
+        velocity = model_output.float()
+        # The official sampler moves along x0 − noise = −velocity with dt = t'_{i+1} − t'_i > 0.
+        if self.config.solver == "euler" or self._previous_velocity is None:
+            prev_sample = sample.float() - velocity * step_size
+        else:
+            prev_sample = sample.float() - step_size * (1.5 * velocity - 0.5 * self._previous_velocity)
+        self._previous_velocity = velocity
+        self._step_index += 1
+        prev_sample = prev_sample.to(sample.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return PixelDiTFlowSchedulerOutput(prev_sample=prev_sample)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
