@@ -179,14 +179,21 @@ def test_any_transformers_text_encoder_of_the_right_width(tmp_path):
     tokenizer, text_encoder = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
     assert text_encoder.config.hidden_size == 384
     transformer = tiny_model("t2i", text_embed_dim=384, max_text_length=16)
-    pipe = PixelDiTT2IPipeline(tokenizer, text_encoder, transformer, FlowMatchEulerDiscreteScheduler(shift=2.0))
+    pipe = PixelDiTT2IPipeline(
+        tokenizer,
+        text_encoder,
+        transformer,
+        FlowMatchEulerDiscreteScheduler(shift=2.0),
+        complex_human_instruction=None,
+    )
     pipe.set_progress_bar_config(disable=True)
-    kwargs = {"prompt": "a handwritten digit seven", "max_sequence_length": 16, "complex_human_instruction": None}
+    kwargs = {"prompt": "a handwritten digit seven", "max_sequence_length": 16}
     images = generate(pipe, num_inference_steps=3, **kwargs)
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
     pipe.save_pretrained(tmp_path)
     model_index = json.loads((tmp_path / "model_index.json").read_text())
     assert model_index["text_encoder"] == ["transformers", "BertModel"]
+    assert model_index["complex_human_instruction"] == []
     loaded = PixelDiTT2IPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     torch.testing.assert_close(generate(loaded, num_inference_steps=3, **kwargs), images, rtol=0, atol=1e-5)
@@ -244,3 +251,17 @@ def test_callback_can_change_prompt_embeds_and_schedulers_run():
     assert not torch.allclose(swapped, reference)
     pipe.scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
     assert torch.isfinite(generate(pipe)).all()
+
+
+def test_text_length_and_instruction_defaults_come_from_the_model_and_config():
+    pipe = tiny_pipeline(max_text_length=12)
+    default = pipe.encode_prompt("a cat", False)[0]
+    assert default.shape[1] == 12 and torch.equal(
+        default, pipe.encode_prompt("a cat", False, max_sequence_length=12)[0]
+    )
+    explicit = pipe.encode_prompt("a cat", False, complex_human_instruction=PIXELDIT_COMPLEX_HUMAN_INSTRUCTION)[0]
+    assert torch.equal(default, explicit)
+    without = pipe.encode_prompt("a cat", False, complex_human_instruction=[])[0]
+    assert not torch.equal(without, default)
+    pipe.register_to_config(complex_human_instruction=[])
+    assert torch.equal(pipe.encode_prompt("a cat", False)[0], without)

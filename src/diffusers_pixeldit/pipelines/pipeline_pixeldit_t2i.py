@@ -68,6 +68,8 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
             algorithm_type="dpmsolver++", lower_order_final=True, flow_shift=...)`.
         default_num_inference_steps, default_guidance_scale, default_guidance_interval: the sampling recipe used when
             a call does not give them.
+        complex_human_instruction (`list[str]`, *optional*): the instruction lines prefixed to every prompt, as the
+            model was trained (the release's by default; `None` or `[]` for none).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer"
@@ -83,6 +85,7 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
         default_num_inference_steps: int = 50,
         default_guidance_scale: float = 3.5,
         default_guidance_interval: tuple[float, float] | list[float] = (0.0, 1.0),
+        complex_human_instruction: list[str] | None = PIXELDIT_COMPLEX_HUMAN_INSTRUCTION,
     ):
         super().__init__()
         self.register_modules(
@@ -92,6 +95,7 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
             default_num_inference_steps=default_num_inference_steps,
             default_guidance_scale=default_guidance_scale,
             default_guidance_interval=tuple(check_guidance_interval(default_guidance_interval)),
+            complex_human_instruction=list(complex_human_instruction or []),
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=1)
 
@@ -113,8 +117,8 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
-        max_sequence_length: int = 300,
-        complex_human_instruction: list[str] | None = PIXELDIT_COMPLEX_HUMAN_INSTRUCTION,
+        max_sequence_length: int | None = None,
+        complex_human_instruction: list[str] | None = None,
     ):
         r"""
         Encodes prompts as the release does.
@@ -125,11 +129,17 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
         without the CHI, to `max_sequence_length` tokens. The attention masks are returned for completeness; the
         PixelDiT transformer attends to every token, as the official model.
 
+        `max_sequence_length` defaults to the transformer's `max_text_length` (300 without a transformer);
+        `complex_human_instruction` to the pipeline config's (pass `[]` for none).
+
         Returns:
             `prompt_embeds` (B·n, max_sequence_length, width), `prompt_attention_mask`, `negative_prompt_embeds`,
             `negative_prompt_attention_mask` (None without classifier-free guidance).
         """
         device = device or self._execution_device
+        max_sequence_length = max_sequence_length or self._default_max_sequence_length
+        if complex_human_instruction is None:
+            complex_human_instruction = self.config.complex_human_instruction
         needs_text_encoder = prompt_embeds is None or (do_classifier_free_guidance and negative_prompt_embeds is None)
         if needs_text_encoder and (self.tokenizer is None or self.text_encoder is None):
             raise ValueError(
@@ -165,6 +175,10 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
         else:
             negative_prompt_embeds = negative_prompt_attention_mask = None
         return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+
+    @property
+    def _default_max_sequence_length(self) -> int:
+        return self.transformer.config.max_text_length if self.transformer is not None else 300
 
     def check_inputs(
         self,
@@ -267,8 +281,8 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-        max_sequence_length: int = 300,
-        complex_human_instruction: list[str] | None = PIXELDIT_COMPLEX_HUMAN_INSTRUCTION,
+        max_sequence_length: int | None = None,
+        complex_human_instruction: list[str] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generates images from text.
@@ -297,8 +311,10 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
             callback_on_step_end (`Callable`, *optional*): called after each step as
                 `callback_on_step_end(self, i, t, callback_kwargs)`; tensors it returns replace the pipeline's.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): tensors passed to it.
-            max_sequence_length (`int`, defaults to 300): text tokens per prompt.
-            complex_human_instruction (`list[str]`, *optional*): the CHI prefix lines; `None` disables it.
+            max_sequence_length (`int`, *optional*): text tokens per prompt; defaults to the transformer's
+                `max_text_length` (300 for the release).
+            complex_human_instruction (`list[str]`, *optional*): the instruction prefix lines; defaults to the
+                pipeline config's (the release's), `[]` disables it.
 
         Examples:
 
