@@ -7,7 +7,10 @@ from diffusers.pipelines import pipeline_loading_utils
 from .conversion import (
     diffusers_to_official_state_dict,
     infer_config_from_official_state_dict,
+    load_official_checkpoint,
+    official_checkpoint_from_transformer,
     official_to_diffusers_state_dict,
+    transformer_from_official_state_dict,
 )
 from .models import PIXELDIT_PRESETS, PixelDiTAttention, PixelDiTAttnProcessor, PixelDiTTransformer2DModel
 from .pipelines import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTPipeline, PixelDiTT2IPipeline, imagenet_id2label
@@ -39,5 +42,8 @@ __all__ = [
     "diffusers_to_official_state_dict",
     "imagenet_id2label",
     "infer_config_from_official_state_dict",
+    "load_official_checkpoint",
+    "official_checkpoint_from_transformer",
     "official_to_diffusers_state_dict",
+    "transformer_from_official_state_dict",
 ]

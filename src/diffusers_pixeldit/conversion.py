@@ -6,13 +6,32 @@ ours by renaming modules, splitting each fused `qkv` projection into `to_q`/`to_
 `w1` (gate) and `w3` (up) into diffusers' `ff.net.0.proj` (`[w3; w1]`). Both directions only move and concatenate
 tensors, so the round trip is bit-exact. `infer_config_from_official_state_dict` reads the architecture from the
 tensor shapes.
+
+Checkpoint files (`scripts/convert_checkpoint.py` builds on these): `load_official_checkpoint` reads an official
+checkpoint safely and returns the bare model state dict, `transformer_from_official_state_dict` loads it strictly into
+a `PixelDiTTransformer2DModel`, `official_checkpoint_from_transformer` goes back to the official layout, and
+`official_sampling_recipe` / `sampling_scheduler` give the release model cards' sampling recipes.
 """
 
+import inspect
 import math
+import pickle
 import re
+import zipfile
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from diffusers import DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import logging
+from safetensors.torch import load_file
+
+from .models import PIXELDIT_PRESETS, PixelDiTTransformer2DModel
+from .schedulers import PixelDiTFlowScheduler
+
+
+logger = logging.get_logger(__name__)
 
 
 class _Rule(NamedTuple):
@@ -240,3 +259,301 @@ def infer_config_from_official_state_dict(
             negate_output=True,
         )
     return config
+
+
+# ---------------------------------------------------------------- checkpoint files
+
+# Top-level prefixes of the official checkpoints: the two C2I weight sets (Lightning), the single T2I set, and the
+# training-only REPA projectors.
+_WEIGHT_SETS = {"ema": "ema_denoiser", "raw": "denoiser"}
+_SINGLE_SET = "core"
+_TRAINING_ONLY = ("diffusion_trainer", "_repa_projector")
+# Wrapper modules that prefix parameter names: DDP/FSDP (`module.`) and `torch.compile` (`_orig_mod.`).
+_WRAPPERS = {"module", "_orig_mod"}
+_KIND_NAMES = {"c2i": "class-conditional", "t2i": "text-to-image"}
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether the file starts like a safetensors file: a little-endian u64 header length, then a JSON object."""
+    with open(path, "rb") as file:
+        head = file.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _read_checkpoint(path: Path, trust_pickle: bool) -> Any:
+    if _is_safetensors(path):
+        try:
+            return load_file(path)
+        except Exception as error:
+            raise ValueError(f"Cannot read {path} as safetensors (truncated or corrupted?): {error}") from None
+    try:
+        # A zip archive (torch.save's format) is memory-mapped: the optimizer states of a training checkpoint are
+        # never read.
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        unsafe = sorted(set(re.findall(r"Unsupported global: GLOBAL (\S+)", str(error))))
+        if unsafe:
+            raise ValueError(
+                f"{path} needs arbitrary unpickling (it references {', '.join(unsafe)}), which can run code: refused. "
+                "Load it with trust_pickle=True (--trust-pickle) only if you trust its source."
+            ) from None
+        detail = _error_summary(error)
+    except Exception as error:
+        detail = _error_summary(error)
+    raise ValueError(
+        f"Cannot read {path}: not a PyTorch or safetensors checkpoint, or a truncated or corrupted one ({detail})."
+    )
+
+
+def _error_summary(error: Exception) -> str:
+    """`Type: first sentence` of an error, or of the unpickler's own message inside torch's weights_only error."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    sentence = (found.group(1) if found else text).strip().split("\n")[0].split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__
+
+
+def load_official_checkpoint(
+    path: str | Path, weights: str = "ema", trust_pickle: bool = False
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Reads an official PixelDiT checkpoint (an untrusted file) and returns its bare model state dict and kind.
+
+    Accepts the ImageNet release's Lightning `.ckpt` (`ema_denoiser.*` EMA and `denoiser.*` raw weights), the
+    text-to-image release's `.pth` (`core.*`), and bare state dicts, pickled or as safetensors (bare or with those
+    prefixes). `module.` and `_orig_mod.` wrapper prefixes are removed wherever they appear; training-only tensors (the
+    REPA projectors `diffusion_trainer.*` / `_repa_projector.*`) and a stray `pos_embed` are dropped.
+
+    Args:
+        path: the checkpoint file.
+        weights (`str`, defaults to `"ema"`): `"ema"` or `"raw"`, the weight set of a checkpoint holding both (the
+            official sampling uses the EMA weights); checkpoints with a single set ignore it.
+        trust_pickle (`bool`, defaults to False): pickles load with `torch.load(weights_only=True)`; a file that needs
+            arbitrary unpickling (which can run code) is refused unless this is True.
+
+    Returns:
+        `(state_dict, kind)`, kind `"c2i"` (class-conditional) or `"t2i"` (text-to-image), read from the tensors.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        ValueError: for an unreadable, unsafe or foreign file, or a missing weight set.
+    """
+    path = Path(path)
+    if weights not in _WEIGHT_SETS:
+        raise ValueError(f"`weights` must be one of {sorted(_WEIGHT_SETS)}, got {weights!r}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file {path}.")
+    if trust_pickle:
+        logger.warning(f"Loading {path} with arbitrary unpickling (trust_pickle=True): it can run code.")
+    checkpoint = _read_checkpoint(path, trust_pickle)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.")
+    not_tensors = sorted(str(key) for key, value in checkpoint.items() if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"{path} is not a state dict: {len(not_tensors)} entries are not tensors: {not_tensors[:8]}.")
+
+    sets, bare, dropped = {}, {}, []
+    for key, tensor in checkpoint.items():
+        name = ".".join(part for part in key.split(".") if part not in _WRAPPERS)
+        head, _, rest = name.partition(".")
+        in_set = head in (*_WEIGHT_SETS.values(), _SINGLE_SET) and rest
+        if head in _TRAINING_ONLY or (rest if in_set else name) == "pos_embed":
+            dropped.append(name)
+            continue
+        group, short_name = (sets.setdefault(head, {}), rest) if in_set else (bare, name)
+        if short_name in group:
+            raise ValueError(f"{path} holds {name!r} twice (with and without a `module.`/`_orig_mod.` prefix).")
+        group[short_name] = tensor
+
+    if sets and bare:
+        raise ValueError(f"Unexpected tensors beside the {sorted(sets)} weights of {path}: {sorted(bare)}.")
+    if _SINGLE_SET in sets and len(sets) > 1:
+        raise ValueError(f"{path} mixes the text-to-image (`core.`) and class-conditional layouts: {sorted(sets)}.")
+    if not sets or _SINGLE_SET in sets:
+        state_dict, source = (sets[_SINGLE_SET], f"`{_SINGLE_SET}.*`") if sets else (bare, "the bare state dict")
+        if weights != "ema":
+            logger.info(f"{path} holds a single weight set: `weights={weights!r}` does not apply.")
+    else:
+        prefix = _WEIGHT_SETS[weights]
+        if prefix not in sets:
+            other = next(name for name, prefix_ in _WEIGHT_SETS.items() if prefix_ != prefix)
+            raise ValueError(
+                f"{path} has no {weights} weights (`{prefix}.*`); use weights={other!r} (--weights {other})."
+            )
+        state_dict, source = sets[prefix], f"the {weights} weights `{prefix}.*`"
+        ignored = [f"`{name}.*` ({len(sets[name])} tensors)" for name in sets if name != prefix]
+        if ignored:
+            logger.info(f"Ignoring {', '.join(ignored)}.")
+    if dropped:
+        logger.info(
+            f"Dropped {len(dropped)} tensors inference does not use (REPA projector, pos_embed): {sorted(dropped)}."
+        )
+
+    if "y_embedder.proj.weight" in state_dict:
+        kind = "t2i"
+    elif "y_embedder.embedding_table.weight" in state_dict:
+        kind = "c2i"
+    else:
+        raise ValueError(
+            f"{path} is not an official PixelDiT checkpoint: it has no class embedding (`y_embedder.embedding_table`) "
+            f"or text projection (`y_embedder.proj`); its tensors start with {sorted(state_dict)[:5]}."
+        )
+    logger.info(f"Read {len(state_dict)} tensors of {source}: a {_KIND_NAMES[kind]} model.")
+    return state_dict, kind
+
+
+def _preset_config(name: str, inferred: dict[str, Any]) -> dict[str, Any]:
+    """The full config of preset `name`, after checking that it agrees with the config read from the tensors."""
+    if name not in PIXELDIT_PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PIXELDIT_PRESETS)}.")
+    parameters = inspect.signature(PixelDiTTransformer2DModel.__init__).parameters.values()
+    config = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    config.update(PIXELDIT_PRESETS[name])
+    config["pixel_num_attention_heads"] = config["pixel_num_attention_heads"] or config["num_attention_heads"]
+    config["pixel_attention_head_dim"] = config["pixel_attention_head_dim"] or config["attention_head_dim"]
+    mismatches = [
+        f"{key} {config[key]!r} (checkpoint: {value!r})" for key, value in inferred.items() if config[key] != value
+    ]
+    if mismatches:
+        raise ValueError(f"Preset {name} does not match the checkpoint: {', '.join(mismatches)}.")
+    return config
+
+
+def transformer_from_official_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    preset: str | None = None,
+    num_attention_heads: int | None = None,
+    **config_overrides,
+) -> PixelDiTTransformer2DModel:
+    """A `PixelDiTTransformer2DModel` holding the weights of a bare official state dict, loaded strictly.
+
+    The config is read from the tensor shapes (`infer_config_from_official_state_dict`); a `preset` of
+    `PIXELDIT_PRESETS` must agree with it. The model is built on the meta device and takes the converted tensors
+    as they are (no copy, no random initialisation).
+
+    Args:
+        state_dict: a bare official model state dict (see `load_official_checkpoint`).
+        preset (`str`, *optional*): e.g. `"PixelDiT-XL"`; an error names every setting the tensors contradict.
+        num_attention_heads (`int`, *optional*): checked against the head count the tensors imply.
+        config_overrides: settings the tensors do not determine, e.g. `sample_size`.
+
+    Raises:
+        ValueError: if the preset or head count disagrees, or any tensor is unexpected, missing or mis-shaped (all are
+            listed).
+    """
+    config = infer_config_from_official_state_dict(state_dict, num_attention_heads)
+    if preset is not None:
+        config = _preset_config(preset, config)
+    config.update(config_overrides)
+    converted = official_to_diffusers_state_dict(state_dict)
+    with torch.device("meta"):
+        model = PixelDiTTransformer2DModel(**config)
+    expected = model.state_dict()
+    problems = {
+        "unexpected": sorted(converted.keys() - expected.keys()),
+        "missing": sorted(expected.keys() - converted.keys()),
+        "mis-shaped": [
+            f"{key} {tuple(converted[key].shape)} (expected {tuple(expected[key].shape)})"
+            for key in sorted(converted.keys() & expected.keys())
+            if converted[key].shape != expected[key].shape
+        ],
+    }
+    if any(problems.values()):
+        listed = "; ".join(f"{len(keys)} {name}: {keys}" for name, keys in problems.items() if keys)
+        raise ValueError(f"The checkpoint's tensors do not fit the model they describe (diffusers names): {listed}.")
+    model.load_state_dict(converted, strict=True, assign=True)
+    return model.eval()
+
+
+def official_checkpoint_from_transformer(
+    transformer: PixelDiTTransformer2DModel,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The official checkpoint layout of `transformer`'s weights, for `torch.save` (loadable with `weights_only=True`).
+
+    Class-conditional: `{"state_dict": {"ema_denoiser.<k>": ..., "denoiser.<k>": ...}}`, both sets holding these (the
+    converted, normally EMA) weights, as the official Lightning code loads either. Text-to-image:
+    `{"state_dict": {"core.<k>": ...}}`.
+    """
+    state_dict = diffusers_to_official_state_dict(transformer.state_dict())
+    if transformer.config.text_embed_dim is not None:
+        prefixes = [_SINGLE_SET]
+    else:
+        prefixes = [_WEIGHT_SETS["ema"], _WEIGHT_SETS["raw"]]
+    return {"state_dict": {f"{prefix}.{key}": tensor for prefix in prefixes for key, tensor in state_dict.items()}}
+
+
+# ---------------------------------------------------------------- sampling recipes of the releases' model cards
+
+SAMPLERS = ("adams_bashforth", "euler", "dpmsolver++")
+
+
+def official_sampling_recipe(filename: str | Path, kind: str, resolution: int | None = None) -> dict[str, Any]:
+    """The model card's sampling recipe for an official checkpoint, chosen from its file name.
+
+    Class-conditional (ImageNet): 512 px (`imagenet512_*`) → CFG 3.5, interval [0.1, 1.0], shift 2.0; 256 px
+    `*epoch80*` / `*epoch160*` → CFG 3.25, [0.1, 1.0], shift 1.0; `*epoch320*` (and any other name, with a warning)
+    → CFG 2.75, [0.1, 0.9], shift 1.0; all 100 steps of the official 2-step Adams–Bashforth sampler ("FlowDPMSolver").
+    Text-to-image: DPM-Solver++ (2M, flow), 50 steps, CFG 3.5, no interval, flow shift 4.0 at 1024 px (3.0 at
+    512 px and below). Intervals are in the model-card time t = 1 − σ.
+
+    Args:
+        filename: the checkpoint's file name (or path).
+        kind (`str`): `"c2i"` or `"t2i"`.
+        resolution (`int`, *optional*): the image side; read from the file name (256, 512 or 1024) if not given,
+            else 256 (class-conditional) or 1024 (text-to-image).
+
+    Returns:
+        A dict with `sample_size`, `num_inference_steps`, `guidance_scale`, `guidance_interval`, `shift`, `sampler`
+        (one of `SAMPLERS`) and `description` (where the recipe comes from).
+    """
+    if kind not in _KIND_NAMES:
+        raise ValueError(f"`kind` must be one of {sorted(_KIND_NAMES)}, got {kind!r}.")
+    name = Path(filename).name.lower()
+    if resolution is None:
+        found = re.search(r"(?<!\d)(256|512|1024)(?!\d)", name)
+        resolution = int(found.group(1)) if found else {"c2i": 256, "t2i": 1024}[kind]
+    if kind == "t2i":
+        return {
+            "sample_size": resolution,
+            "num_inference_steps": 50,
+            "guidance_scale": 3.5,
+            "guidance_interval": (0.0, 1.0),
+            "shift": 3.0 if resolution <= 512 else 4.0,
+            "sampler": "dpmsolver++",
+            "description": f"PixelDiT-1300M release defaults at {resolution} px",
+        }
+    recipe = {"sample_size": resolution, "num_inference_steps": 100, "sampler": "adams_bashforth", "shift": 1.0}
+    epoch = re.search(r"epoch[_=-]?(\d+)", name)
+    if resolution == 512:
+        recipe.update(guidance_scale=3.5, guidance_interval=(0.1, 1.0), shift=2.0)
+        recipe["description"] = "ImageNet 512x512 model card"
+    elif epoch and epoch.group(1) in ("80", "160"):
+        recipe.update(guidance_scale=3.25, guidance_interval=(0.1, 1.0))
+        recipe["description"] = f"ImageNet 256x256 {epoch.group(1)}-epoch model card"
+    else:
+        recipe.update(guidance_scale=2.75, guidance_interval=(0.1, 0.9))
+        recipe["description"] = "ImageNet 256x256 320-epoch model card"
+        if not (epoch and epoch.group(1) == "320"):
+            logger.warning(f"{name!r} names no release (epoch80/160/320, 512): using the 320-epoch 256px recipe.")
+            recipe["description"] += ", the default for file names that name no release"
+    return recipe
+
+
+def sampling_scheduler(sampler: str, shift: float) -> SchedulerMixin:
+    """The scheduler of a recipe: `PixelDiTFlowScheduler` for `"adams_bashforth"` / `"euler"` (the official C2I
+    samplers), the release's `DPMSolverMultistepScheduler` configuration for `"dpmsolver++"`."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
+    if shift <= 0:
+        raise ValueError(f"`shift` must be positive, got {shift}.")
+    if sampler == "dpmsolver++":
+        return DPMSolverMultistepScheduler(
+            use_flow_sigmas=True,
+            flow_shift=shift,
+            prediction_type="flow_prediction",
+            solver_order=2,
+            algorithm_type="dpmsolver++",
+            lower_order_final=True,
+        )
+    return PixelDiTFlowScheduler(shift=shift, solver=sampler)

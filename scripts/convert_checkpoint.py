@@ -1,0 +1,385 @@
+# Copyright 2026 The diffusers-pixeldit authors. Licensed under the Apache License, Version 2.0.
+"""Converts official PixelDiT checkpoints into diffusers pipeline folders, and back.
+
+    python scripts/convert_checkpoint.py --checkpoint imagenet256_pixeldit_xl_epoch320.ckpt --output pixeldit-xl-256
+    python scripts/convert_checkpoint.py --checkpoint pixeldit_t2i_v1.pth --text_encoder google/gemma-2-2b-it \\
+        --output pixeldit-t2i
+    python scripts/convert_checkpoint.py --to-official --checkpoint pixeldit-xl-256 --output pixeldit_xl.ckpt
+
+The kind (class-conditional or text-to-image) and the architecture are read from the tensors, the sampling recipe
+from the file name (the releases' model cards), with command-line overrides. Checkpoints are untrusted: pickles are
+loaded with `torch.load(weights_only=True)`. The output is written next to its destination and renamed into place
+once complete, so a failed conversion leaves nothing behind.
+"""
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+from diffusers_pixeldit import PixelDiTPipeline, PixelDiTT2IPipeline, PixelDiTTransformer2DModel
+from diffusers_pixeldit.conversion import (
+    SAMPLERS,
+    load_official_checkpoint,
+    official_checkpoint_from_transformer,
+    official_sampling_recipe,
+    sampling_scheduler,
+    transformer_from_official_state_dict,
+)
+from diffusers_pixeldit.models import PIXELDIT_PRESETS
+
+
+logger = logging.getLogger("convert_checkpoint")
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+RECIPE_OVERRIDES = ("num_inference_steps", "guidance_scale", "guidance_interval", "shift", "sampler")
+# Options of the official -> diffusers direction, refused with --to-official.
+TO_DIFFUSERS_ONLY = (
+    "weights", "preset", "num_attention_heads", "text_encoder", "resolution", *RECIPE_OVERRIDES, "max_shard_size",
+    "push_to_hub", "repo_id", "private", "trust_pickle",
+)  # fmt: skip
+SAMPLER_DESCRIPTIONS = {
+    "adams_bashforth": '`PixelDiTFlowScheduler(solver="adams_bashforth")`: the official "FlowDPMSolver" '
+    "(2-step Adams-Bashforth)",
+    "euler": '`PixelDiTFlowScheduler(solver="euler")`: the official Euler sampler',
+    "dpmsolver++": "`DPMSolverMultistepScheduler`: DPM-Solver++ (2M) with flow sigmas, the release's sampler",
+}
+RELEASES = {"c2i": "nvidia/PixelDiT-ImageNet", "t2i": "nvidia/PixelDiT-1300M-1024px"}
+GEMMA = "google/gemma-2-2b-it"
+
+
+def positive(kind):
+    """An argparse type: a positive `kind` (int or float)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="official checkpoint (.ckpt, .pth, .bin or .safetensors); with --to-official a diffusers pipeline folder",
+    )
+    parser.add_argument(
+        "--output", required=True, help="pipeline folder to write; with --to-official the official checkpoint file"
+    )
+    parser.add_argument(
+        "--to-official",
+        "--to_official",
+        dest="to_official",
+        action="store_true",
+        help="convert a diffusers pipeline folder back to the official layout: class-conditional "
+        '{"state_dict": {"ema_denoiser.*", "denoiser.*"}} (both hold the converted, normally EMA, weights), '
+        'text-to-image {"state_dict": {"core.*"}}',
+    )
+    parser.add_argument(
+        "--weights",
+        choices=["ema", "raw"],
+        default="ema",
+        help="weight set of a checkpoint holding both (default: ema, as the official sampling)",
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PIXELDIT_PRESETS), help="expected architecture; an error if the tensors disagree"
+    )
+    parser.add_argument("--num_attention_heads", type=positive(int), help="expected head count (read from the shapes)")
+    parser.add_argument(
+        "--text_encoder",
+        metavar="PATH_OR_ID",
+        help=f"text-to-image: the text encoder (and its tokenizer) to include, e.g. {GEMMA}",
+    )
+    recipe = parser.add_argument_group("sampling recipe (default: the model card's, chosen from the file name)")
+    recipe.add_argument("--resolution", type=positive(int), help="image side in pixels (the default sample size)")
+    recipe.add_argument("--num_inference_steps", type=positive(int))
+    recipe.add_argument("--guidance_scale", type=float)
+    recipe.add_argument(
+        "--guidance_interval",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="CFG applies while LOW < t < HIGH, t = 1 - sigma (0 = noise, 1 = image)",
+    )
+    recipe.add_argument("--shift", type=positive(float), help="timeshift (flow shift)")
+    recipe.add_argument("--sampler", choices=SAMPLERS)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the saved weights")
+    parser.add_argument("--variant", help='diffusers variant of the weight files, e.g. "bf16"')
+    parser.add_argument("--max_shard_size", default="5GB", help="largest weight file before sharding (default 5GB)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output")
+    parser.add_argument(
+        "--trust-pickle",
+        "--trust_pickle",
+        dest="trust_pickle",
+        action="store_true",
+        help="allow a checkpoint that needs arbitrary unpickling (it can run code): only for trusted files",
+    )
+    parser.add_argument("--push_to_hub", action="store_true", help="upload the pipeline folder to --repo_id")
+    parser.add_argument("--repo_id", help="Hub repository for --push_to_hub, e.g. user/pixeldit-xl-256")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    return parser
+
+
+def check_output(output: Path, overwrite: bool):
+    if output.exists() and not overwrite and not (output.is_dir() and not any(output.iterdir())):
+        raise ValueError(f"{output} exists and is not empty; pass --overwrite to replace it.")
+
+
+@contextlib.contextmanager
+def staged(output: Path):
+    """Yields a path in a temporary folder next to `output` for the result, which replaces `output` when the block
+    succeeds; the temporary folder is removed in any case."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        yield work / "new"
+        if output.exists() or output.is_symlink():
+            os.replace(output, work / "old")
+        os.replace(work / "new", output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def load_text_components(name_or_path: str, text_embed_dim: int, dtype: torch.dtype):
+    """The tokenizer (right padding) and base model (e.g. `Gemma2Model`, the decoder of a causal LM) of a text
+    encoder whose hidden size is `text_embed_dim`."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    width = getattr(AutoConfig.from_pretrained(name_or_path).get_text_config(), "hidden_size", None)
+    if width != text_embed_dim:
+        raise ValueError(
+            f"The text encoder {name_or_path} has hidden size {width}; this transformer takes text embeddings of "
+            f"width {text_embed_dim}."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="right")
+    text_encoder = AutoModel.from_pretrained(name_or_path, dtype=dtype).eval()
+    logger.info(f"Text encoder: {type(text_encoder).__name__} from {name_or_path}")
+    return tokenizer, text_encoder
+
+
+def model_card(
+    pipe, kind: str, recipe: dict, source: str, location: str, variant: str | None, overridden: list[str]
+) -> ModelCard:
+    """The README.md of a converted pipeline: source, licence, usage and sampling recipe."""
+    transformer = pipe.transformer
+    config = transformer.config
+    parameters = sum(p.numel() for p in transformer.parameters())
+    dtype = str(transformer.dtype).removeprefix("torch.")
+    load_options = (f', variant="{variant}"' if variant else "") + (
+        f", dtype=torch.{dtype}" if dtype != "float32" else ""
+    )
+    if kind == "c2i":
+        label = 207 if config.num_classes > 207 else 0
+        usage = (
+            "import torch\nfrom diffusers_pixeldit import PixelDiTPipeline\n\n"
+            f'pipe = PixelDiTPipeline.from_pretrained("{location}"{load_options})\n'
+            f"image = pipe(class_labels=[{label}], generator=torch.Generator().manual_seed(0)).images[0]"
+        )
+        what = f"a class-conditional `PixelDiTPipeline` ({config.num_classes} classes)"
+        note = ""
+    elif pipe.text_encoder is not None:
+        usage = (
+            "import torch\nfrom diffusers_pixeldit import PixelDiTT2IPipeline\n\n"
+            f'pipe = PixelDiTT2IPipeline.from_pretrained("{location}"{load_options})\n'
+            'image = pipe("a cat holding a sign that says PixelDiT").images[0]'
+        )
+        what = f"a text-to-image `PixelDiTT2IPipeline` with the text encoder `{type(pipe.text_encoder).__name__}`"
+        note = ""
+    else:
+        usage = (
+            "import torch\nfrom transformers import AutoModel, AutoTokenizer\n"
+            "from diffusers_pixeldit import PixelDiTT2IPipeline\n\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{GEMMA}", padding_side="right")\n'
+            f'text_encoder = AutoModel.from_pretrained("{GEMMA}", dtype=torch.{dtype})  # its Gemma2Model decoder\n'
+            "pipe = PixelDiTT2IPipeline.from_pretrained(\n"
+            f'    "{location}", tokenizer=tokenizer, text_encoder=text_encoder{load_options}\n'
+            ")\n"
+            'image = pipe("a cat holding a sign that says PixelDiT").images[0]'
+        )
+        what = "a text-to-image `PixelDiTT2IPipeline`"
+        note = (
+            "\n\n**No text encoder is included** (converted without `--text_encoder`): pass a tokenizer and a text "
+            f"encoder of hidden size {config.text_embed_dim} when loading, as below (the release uses the "
+            "Gemma-2-2B-it decoder), or call the pipeline with precomputed `prompt_embeds`."
+        )
+    low, high = recipe["guidance_interval"]
+    origin = recipe["description"] + (f"; overridden: {', '.join(overridden)}" if overridden else "")
+    body = f"""# PixelDiT for diffusers
+
+[PixelDiT](https://arxiv.org/abs/2511.20645) (NVIDIA) generates images directly in pixel space, without a VAE. This
+is {what}, converted from {source} (the checkpoint format of the official release
+[{RELEASES[kind]}](https://huggingface.co/{RELEASES[kind]})) with `scripts/convert_checkpoint.py` of diffusers-pixeldit.
+Transformer: {parameters / 1e6:.1f}M parameters in {dtype}; default resolution {config.sample_size}x{config.sample_size}.{note}
+
+## Licence
+
+The official PixelDiT weights are NVIDIA's, released under the NVIDIA Source Code License-NC (NSCLv1):
+**non-commercial use only**; converted copies of them stay under that licence. The diffusers-pixeldit code that runs
+them is Apache-2.0.
+
+## Usage
+
+```py
+{usage}
+```
+
+## Sampling recipe
+
+The pipeline's defaults follow the {origin}. Each can be changed per call (`num_inference_steps`,
+`guidance_scale`, `guidance_interval`, `shift`) or by swapping the scheduler.
+
+| Setting | Value | Stored in |
+|---|---|---|
+| Sampler | {SAMPLER_DESCRIPTIONS[recipe["sampler"]]} | `scheduler/scheduler_config.json` |
+| Timeshift | {recipe["shift"]} | `scheduler/scheduler_config.json` |
+| Steps | {recipe["num_inference_steps"]} | `model_index.json`: `default_num_inference_steps` |
+| CFG scale | {recipe["guidance_scale"]} | `model_index.json`: `default_guidance_scale` |
+| CFG interval | {low} < t < {high}, t = 1 - sigma (0 = noise, 1 = image) | `model_index.json`: `default_guidance_interval` |
+| Resolution | {config.sample_size} | `transformer/config.json`: `sample_size` |
+"""
+    data = ModelCardData(
+        license="other",
+        license_name="nsclv1",
+        license_link=f"https://huggingface.co/{RELEASES[kind]}",
+        library_name="diffusers",
+        pipeline_tag="text-to-image" if kind == "t2i" else None,
+        tags=["pixeldit", "pixel-space", "text-to-image" if kind == "t2i" else "class-conditional"],
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def convert_to_diffusers(args):
+    checkpoint, output = Path(args.checkpoint), Path(args.output)
+    if checkpoint.is_dir():
+        raise ValueError(f"{checkpoint} is a folder; to convert a diffusers pipeline folder back, pass --to-official.")
+    check_output(output, args.overwrite)
+    logger.info(f"Reading {checkpoint}")
+    state_dict, kind = load_official_checkpoint(checkpoint, args.weights, args.trust_pickle)
+    if args.text_encoder and kind != "t2i":
+        raise ValueError("--text_encoder is for text-to-image checkpoints; this one is class-conditional.")
+    recipe = official_sampling_recipe(checkpoint.name, kind, args.resolution)
+    overridden = [name for name in RECIPE_OVERRIDES if getattr(args, name) is not None]
+    recipe.update({name: getattr(args, name) for name in overridden})
+    if args.resolution is not None:
+        overridden.insert(0, "resolution")
+
+    state_dict = {key: tensor.to(DTYPES[args.dtype]) for key, tensor in state_dict.items()}
+    transformer = transformer_from_official_state_dict(
+        state_dict, args.preset, args.num_attention_heads, sample_size=recipe["sample_size"]
+    )
+    config = transformer.config
+    if config.sample_size % config.patch_size:
+        raise ValueError(
+            f"The resolution {config.sample_size} is not a multiple of the patch size {config.patch_size}."
+        )
+    logger.info(
+        f"Architecture: patch {config.patch_size}, {config.num_layers} patch blocks of width "
+        f"{transformer.inner_dim} ({config.num_attention_heads} heads), {config.num_pixel_layers} pixel blocks of "
+        f"width {config.pixel_embed_dim}; {sum(p.numel() for p in transformer.parameters()):,} parameters"
+    )
+    logger.info(
+        f"Sampling recipe ({recipe['description']}{'; overridden: ' + ', '.join(overridden) if overridden else ''}): "
+        f"{recipe['sampler']}, {recipe['num_inference_steps']} steps, CFG {recipe['guidance_scale']} in "
+        f"{tuple(recipe['guidance_interval'])}, shift {recipe['shift']}, {recipe['sample_size']} px"
+    )
+    scheduler = sampling_scheduler(recipe["sampler"], recipe["shift"])
+    defaults = {
+        "default_num_inference_steps": recipe["num_inference_steps"],
+        "default_guidance_scale": recipe["guidance_scale"],
+        "default_guidance_interval": tuple(recipe["guidance_interval"]),
+    }
+    if kind == "c2i":
+        pipe = PixelDiTPipeline(transformer, scheduler, **defaults)
+    else:
+        tokenizer = text_encoder = None
+        if args.text_encoder:
+            tokenizer, text_encoder = load_text_components(
+                args.text_encoder, config.text_embed_dim, DTYPES[args.dtype]
+            )
+        else:
+            logger.warning(
+                "No --text_encoder: writing the pipeline without tokenizer and text encoder (optional components; "
+                f"pass them to from_pretrained, e.g. {GEMMA}'s, or use precomputed prompt_embeds)."
+            )
+        pipe = PixelDiTT2IPipeline(tokenizer, text_encoder, transformer, scheduler, **defaults)
+
+    location = args.repo_id or str(output)
+    source = f"`{checkpoint.name}`"
+    if kind == "c2i":
+        source += " (EMA weights)" if args.weights == "ema" else " (raw weights)"
+    card = model_card(pipe, kind, recipe, source, location, args.variant, overridden)
+    with staged(output) as staging:
+        logger.info(f"Saving the pipeline (max shard size {args.max_shard_size})")
+        pipe.save_pretrained(
+            staging, safe_serialization=True, variant=args.variant, max_shard_size=args.max_shard_size
+        )
+        card.save(staging / "README.md")
+    logger.info(f"Wrote {output}")
+    if args.push_to_hub:
+        api = HfApi()
+        api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+        api.upload_folder(
+            repo_id=args.repo_id,
+            folder_path=output,
+            commit_message=f"PixelDiT pipeline converted from {checkpoint.name}",
+        )
+        logger.info(f"Uploaded {output} to https://huggingface.co/{args.repo_id}")
+
+
+def convert_to_official(args):
+    source, output = Path(args.checkpoint), Path(args.output)
+    if not source.is_dir():
+        raise ValueError(
+            f"--to-official reads a diffusers pipeline (or transformer) folder; {source} is not a folder."
+        )
+    check_output(output, args.overwrite)
+    transformer = PixelDiTTransformer2DModel.from_pretrained(
+        source,
+        subfolder="transformer" if (source / "model_index.json").is_file() else None,
+        variant=args.variant,
+        dtype=DTYPES[args.dtype],
+        use_safetensors=True,
+    )
+    checkpoint = official_checkpoint_from_transformer(transformer)
+    with staged(output) as staging:
+        torch.save(checkpoint, staging)
+    prefixes = sorted({key.split(".", 1)[0] for key in checkpoint["state_dict"]})
+    logger.info(f"Wrote {output}: state_dict with {', '.join(f'{prefix}.*' for prefix in prefixes)}")
+    if len(prefixes) > 1:
+        logger.info("Both weight sets hold the converted weights (the official sampling reads ema_denoiser.*).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.to_official:
+        refused = [f"--{name}" for name in TO_DIFFUSERS_ONLY if getattr(args, name) != parser.get_default(name)]
+        if refused:
+            parser.error(f"{', '.join(refused)} cannot be used with --to-official")
+    if args.push_to_hub and not args.repo_id:
+        parser.error("--push_to_hub needs --repo_id")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.to_official:
+            convert_to_official(args)
+        else:
+            convert_to_diffusers(args)
+    except (ImportError, OSError, ValueError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
