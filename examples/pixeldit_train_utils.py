@@ -215,6 +215,23 @@ def add_training_arguments(parser: argparse.ArgumentParser, default_preset: str,
     parser.add_argument("--num_validation_images", type=int, default=4, help="Images per validation condition.")
     parser.add_argument("--validation_num_inference_steps", type=int, default=None, help="Default: the pipeline's.")
     parser.add_argument("--validation_guidance_scale", type=float, default=None, help="Default: the pipeline's.")
+    parser.add_argument(
+        "--recipe_num_inference_steps",
+        type=int,
+        default=None,
+        help="Sampling steps saved as the pipeline's default (model_index.json). Default: the pretrained pipeline's.",
+    )
+    parser.add_argument(
+        "--recipe_guidance_scale", type=float, default=None, help="CFG scale saved as the pipeline's default."
+    )
+    parser.add_argument(
+        "--recipe_guidance_interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="CFG interval (model-card time t = 1 - σ) saved as the pipeline's default.",
+    )
     parser.add_argument("--output_dir", type=str, default="pixeldit-model")
     parser.add_argument("--seed", type=int, default=None, help="Seed of the whole run (random when unset).")
     parser.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, inside --output_dir.")
@@ -933,3 +950,14 @@ def log_images(accelerator: Accelerator, args, images: list[Image.Image], rows: 
 
             tracker.log({phase: [wandb.Image(grid, caption=f"step {step}")]}, step=step)
     return grid_path
+
+
+PIPELINE_DEFAULTS = ("default_num_inference_steps", "default_guidance_scale", "default_guidance_interval")
+
+
+def sampling_recipe(args: argparse.Namespace, pretrained_config=None) -> dict:
+    """The sampling defaults of the saved pipeline: the pretrained pipeline's, overridden by the --recipe_* arguments."""
+    recipe = {key: pretrained_config[key] for key in PIPELINE_DEFAULTS} if pretrained_config is not None else {}
+    given = (args.recipe_num_inference_steps, args.recipe_guidance_scale, args.recipe_guidance_interval)
+    recipe.update({key: value for key, value in zip(PIPELINE_DEFAULTS, given) if value is not None})
+    return recipe

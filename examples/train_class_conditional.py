@@ -26,7 +26,6 @@ check_min_version("0.40.0")
 logger = get_logger(__name__, log_level="INFO")
 
 LORA_LAYERS = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
-PIPELINE_DEFAULTS = ("default_num_inference_steps", "default_guidance_scale", "default_guidance_interval")
 
 
 def save_model_card(args, repo_id: str, id2label: dict[str, str], grid_path: str | None, repo_folder: str):
@@ -124,20 +123,21 @@ def main(args):
         dataset = utils.load_image_dataset(args, [args.image_column, args.label_column])
     labels, names = class_labels_of(dataset, args.label_column)
 
-    pipeline_defaults = {}
+    pipeline_config = None
     id2label = {str(i): name for i, name in enumerate(names)}
     if args.pretrained_model_name_or_path is not None:
         pipeline = PixelDiTPipeline.from_pretrained(
             args.pretrained_model_name_or_path, revision=args.revision, variant=args.variant
         )
         transformer, scheduler = pipeline.transformer, pipeline.scheduler
-        pipeline_defaults = {key: pipeline.config[key] for key in PIPELINE_DEFAULTS}
+        pipeline_config = pipeline.config
         id2label = pipeline.config.id2label or id2label
         del pipeline
     else:
         config = {"num_classes": len(names), "sample_size": args.resolution, **utils.transformer_overrides(args)}
         transformer = PixelDiTTransformer2DModel.from_preset(args.preset, **config)
         scheduler = PixelDiTFlowScheduler(shift=args.training_shift)
+    pipeline_defaults = utils.sampling_recipe(args, pipeline_config)
     num_classes = transformer.config.num_classes
     if num_classes is None:
         raise ValueError("This is a text-conditional PixelDiT: use train_text_to_image.py.")

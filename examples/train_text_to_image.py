@@ -29,7 +29,6 @@ check_min_version("0.40.0")
 logger = get_logger(__name__, log_level="INFO")
 
 LORA_LAYERS = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,add_q_proj,add_k_proj,add_v_proj,to_add_out"
-PIPELINE_DEFAULTS = ("default_num_inference_steps", "default_guidance_scale", "default_guidance_interval")
 
 
 def save_model_card(args, repo_id: str, grid_path: str | None, repo_folder: str):
@@ -162,7 +161,7 @@ def main(args):
     captions = list(dataset[args.caption_column])
 
     tokenizer, text_encoder = load_text_components(args)
-    pipeline_defaults = {}
+    pipeline_config = None
     if args.pretrained_model_name_or_path is not None:
         pipeline = PixelDiTT2IPipeline.from_pretrained(
             args.pretrained_model_name_or_path,
@@ -172,7 +171,7 @@ def main(args):
             variant=args.variant,
         )
         transformer, scheduler = pipeline.transformer, pipeline.scheduler
-        pipeline_defaults = {key: pipeline.config[key] for key in PIPELINE_DEFAULTS}
+        pipeline_config = pipeline.config
         del pipeline
     else:
         config = {
@@ -205,6 +204,8 @@ def main(args):
     text_encoder.requires_grad_(False).to(accelerator.device, dtype=weight_dtype)
     text_pipeline = PixelDiTT2IPipeline(tokenizer, text_encoder, transformer=None, scheduler=None)
     instruction = PIXELDIT_COMPLEX_HUMAN_INSTRUCTION if args.complex_human_instruction else None
+    # The saved pipeline encodes prompts as the training did.
+    pipeline_defaults = {**utils.sampling_recipe(args, pipeline_config), "complex_human_instruction": instruction}
     encode_kwargs = dict(
         device=accelerator.device,
         max_sequence_length=args.max_sequence_length,

@@ -64,6 +64,7 @@ def test_imagefolder_from_scratch_ema_repa_validation_push_to_hub(tmp_path, monk
             "--checkpointing_steps", "20", "--checkpoints_total_limit", "1",
             "--validation_steps", "20", "--validation_class_labels", "7", "zero", "--num_validation_images", "2",
             "--validation_num_inference_steps", "3",
+            "--recipe_num_inference_steps", "7", "--recipe_guidance_scale", "2.5", "--recipe_guidance_interval", "0.1", "0.9",
             "--push_to_hub", "--hub_model_id", "me/pixeldit-digits", "--hub_token", "hf_secret",
         ),
     )  # fmt: skip
@@ -103,6 +104,11 @@ def test_imagefolder_from_scratch_ema_repa_validation_push_to_hub(tmp_path, monk
     assert not any(f.startswith("checkpoint-") for f in upload["files"])
     pipe = PixelDiTPipeline.from_pretrained(upload["remote"])
     assert pipe.config.id2label == {str(i): name for i, name in enumerate(sorted(DIGIT_NAMES))}
+    # the sampling recipe given on the command line is the pipeline's default
+    recipe = [
+        pipe.config[k] for k in ("default_num_inference_steps", "default_guidance_scale", "default_guidance_interval")
+    ]
+    assert recipe[:2] == [7, 2.5] and list(recipe[2]) == [0.1, 0.9]
     assert all(torch.equal(pipe.transformer.state_dict()[k], final[k]) for k in final)
     image = pipe(class_labels=["seven"], num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 16, 16, 3)
