@@ -431,13 +431,16 @@ def load_image_dataset(args: argparse.Namespace, columns: list[str]) -> datasets
     return dataset.cast_column(args.image_column, datasets.Image(decode=False))
 
 
-def open_image(value: dict, index: int, decode: bool = True) -> Image.Image:
-    """Opens a dataset image (decoded to RGB unless `decode=False`); a file that can't be read raises an `OSError`
-    naming it."""
+IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # by the model's input channels
+
+
+def open_image(value: dict, index: int, mode: str | None = "RGB") -> Image.Image:
+    """Opens a dataset image, converted to `mode` (`None`: not decoded); a file that can't be read raises an
+    `OSError` naming it."""
     path = value.get("path")
     try:
         image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else path)
-        return image.convert("RGB") if decode else image
+        return image.convert(mode) if mode else image
     except Exception as error:
         raise OSError(
             f"Cannot read training image {path or '<embedded bytes>'} (dataset row {index}): {error}"
@@ -448,13 +451,13 @@ def bucket_sizes(dataset: datasets.Dataset, image_column: str, buckets: list[tup
     """The (height, width) bucket of every image: the one nearest its aspect ratio (reads image headers only)."""
     sizes = []
     for index, row in enumerate(dataset.select_columns([image_column])):
-        with open_image(row[image_column], index, decode=False) as image:
+        with open_image(row[image_column], index, mode=None) as image:
             sizes.append(buckets[find_nearest_bucket(image.height, image.width, buckets)])
     return sizes
 
 
 def preprocess_image(image, size, center_crop, random_flip, resample, generator) -> torch.Tensor:
-    """Resizes `image` to cover `size` (height, width) keeping its aspect ratio, crops, flips; (3, H, W) in [-1, 1]."""
+    """Resizes `image` to cover `size` (height, width) keeping its aspect ratio, crops, flips; (C, H, W) in [-1, 1]."""
     height, width = size
     scale = max(height / image.height, width / image.width)
     resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
@@ -468,7 +471,8 @@ def preprocess_image(image, size, center_crop, random_flip, resample, generator)
     image = image.crop((left, top, left + width, top + height))
     if random_flip and torch.rand((), generator=generator) < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+    pixels = np.asarray(image, dtype=np.float32).reshape(height, width, -1)
+    return torch.from_numpy(pixels / 127.5 - 1.0).permute(2, 0, 1).contiguous()
 
 
 def sample_seed(seed: int, step: int, position: int) -> int:
@@ -479,12 +483,17 @@ def sample_seed(seed: int, step: int, position: int) -> int:
 class FlowMatchingDataset(torch.utils.data.Dataset):
     """Training samples with their random draws, indexed by `(row, step, position)` keys (see `StepBatchSampler`).
 
-    An item holds `pixel_values` (3, H, W) in [-1, 1], the flow-matching `noise` (same shape), `u` (the σ density
+    An item holds `pixel_values` (C, H, W) in [-1, 1] (C = `channels`: grey, RGB or RGBA), the flow-matching `noise` (same shape), `u` (the σ density
     sample, see `sigmas_from_u`), `drop` (CFG dropout of the condition) and `condition` (the row's entry of
     `conditions`: a class id or a caption; one caption is picked when a row has several).
     """
 
-    def __init__(self, dataset, conditions, sizes, args: argparse.Namespace, drop_probability: float):
+    def __init__(
+        self, dataset, conditions, sizes, args: argparse.Namespace, drop_probability: float, channels: int = 3
+    ):
+        if channels not in IMAGE_MODES:
+            raise ValueError(f"Images can be read with {sorted(IMAGE_MODES)} channels, the model takes {channels}.")
+        self.image_mode = IMAGE_MODES[channels]
         self.dataset = dataset
         self.conditions = conditions
         self.sizes = sizes
@@ -512,7 +521,7 @@ class FlowMatchingDataset(torch.utils.data.Dataset):
         condition = self.conditions[index]
         if isinstance(condition, (list, tuple)):
             condition = condition[int(torch.randint(len(condition), (), generator=generator))]
-        image = open_image(self.dataset[index][self.image_column], index)
+        image = open_image(self.dataset[index][self.image_column], index, self.image_mode)
         pixel_values = preprocess_image(
             image, self.sizes[index], self.center_crop, self.random_flip, self.resample, generator
         )

@@ -148,7 +148,9 @@ def main(args):
     utils.prepare_transformer(args, transformer, weight_dtype)
 
     size = (args.resolution, args.resolution)
-    train_dataset = utils.FlowMatchingDataset(dataset, labels, [size] * len(dataset), args, args.class_dropout_prob)
+    train_dataset = utils.FlowMatchingDataset(
+        dataset, labels, [size] * len(dataset), args, args.class_dropout_prob, transformer.config.in_channels
+    )
 
     def condition_fn(batch):
         return {"class_labels": torch.where(batch["drop"], num_classes, batch["condition"])}

@@ -261,7 +261,9 @@ def main(args):
         logger.info(
             "Aspect-ratio buckets (height, width): images " + str({b: len(g) for b, g in zip(buckets, groups)})
         )
-    train_dataset = utils.FlowMatchingDataset(dataset, captions, sizes, args, args.proportion_empty_prompts)
+    train_dataset = utils.FlowMatchingDataset(
+        dataset, captions, sizes, args, args.proportion_empty_prompts, transformer.config.in_channels
+    )
 
     def validation_fn(model, step):
         pipeline = PixelDiTT2IPipeline(None, None, model, scheduler, **pipeline_defaults)
