@@ -1,5 +1,6 @@
 """End-to-end tests of examples/train_class_conditional.py on scikit-learn's digits (CPU, tiny models)."""
 
+import json
 import types
 from pathlib import Path
 
@@ -153,23 +154,27 @@ def test_saved_dataset_lora_fine_tuning_bf16_accumulation(tmp_path):
     assert "load_lora_adapter" in (out / "README.md").read_text()
 
 
-def test_labels_dropped_to_the_null_class(tmp_path, monkeypatch):
+def test_labels_dropped_to_the_null_class_and_grey_images_for_one_channel(tmp_path, monkeypatch):
     data = write_imagefolder(tmp_path / "digits", 16)
     seen = []
     forward = PixelDiTTransformer2DModel.forward
 
     def recording_forward(self, hidden_states, timestep, class_labels=None, **kwargs):
         if torch.is_grad_enabled():
-            seen.append(class_labels.clone())
+            seen.append((class_labels.clone(), hidden_states.shape))
         return forward(self, hidden_states, timestep, class_labels=class_labels, **kwargs)
 
     monkeypatch.setattr(PixelDiTTransformer2DModel, "forward", recording_forward)
     out = tmp_path / "out"
     run_in_process(
         train_class_conditional,
-        tiny_args(["--train_data_dir", str(data)], out, 2, "--class_dropout_prob", "1.0", "--report_to", "none"),
-    )
-    assert len(seen) == 2 and all(torch.equal(labels, torch.full((8,), 10)) for labels in seen)
+        tiny_args(
+            ["--train_data_dir", str(data)], out, 2, "--class_dropout_prob", "1.0", "--report_to", "none",
+            "--transformer_config", json.dumps({**json.loads(TINY_TRANSFORMER), "in_channels": 1}),
+        ),
+    )  # fmt: skip
+    assert len(seen) == 2 and all(torch.equal(labels, torch.full((8,), 10)) for labels, _ in seen)
+    assert {shape for _, shape in seen} == {(8, 1, 16, 16)}  # the RGB PNGs are read as grey for a 1-channel model
 
 
 def test_unreadable_image_is_reported_with_its_path(tmp_path):
