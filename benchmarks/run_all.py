@@ -1,0 +1,40 @@
+"""Runs every benchmark: `python benchmarks/run_all.py --quick` (a few minutes on a CPU) or the full set.
+
+Quick: the transformer (PixelDiT-B forward), the pipeline (PixelDiT-B, 4 steps, with/without CFG-interval skipping)
+and the digits quality (class-conditional model, 2 samplers, 5/25 steps). Full: `bench_transformer.py --backward`,
+`bench_pipeline.py` and `eval_digits.py` with their default (complete) settings. See benchmarks/README.md.
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+HERE = Path(__file__).parent
+BENCHMARKS = {
+    "bench_transformer.py": (["--quick"], ["--backward"]),
+    "bench_pipeline.py": (["--quick"], []),
+    "eval_digits.py": (["--quick"], []),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    failed = []
+    for script, (quick, full) in BENCHMARKS.items():
+        print(f"\n==== {script} {' '.join(quick if args.quick else full)}", flush=True)
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, str(HERE / script), *(quick if args.quick else full)])
+        print(f"==== {script}: {time.perf_counter() - start:.0f} s, exit code {result.returncode}", flush=True)
+        if result.returncode:
+            failed.append(script)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
