@@ -19,6 +19,8 @@ For each device, preset, dtype and mode, in a fresh subprocess (so that peaks do
   high-water mark VmHWM, reset through /proc/self/clear_refs once the model and inputs are in place; it includes
   the Python/torch runtime and allocator caches. Δ = peak minus the memory in use at that reset (weights, inputs,
   runtime), i.e. activations, gradients and workspace.
+- CPU util: process CPU time / (wall time x threads) over the timed iterations (and the GEMM-peak measurement); on
+  CPU, well under 100% means other processes took cores and the timings are unreliable.
 Weights are random N(0, 0.02) rather than the preset's initialisation (faster to build; speed does not depend on
 the values).
 """
@@ -26,6 +28,7 @@ the values).
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -81,17 +84,28 @@ def timed(fn, device: torch.device) -> float:
 GEMM_LAYOUTS = {"a@b": lambda a, b: a @ b, "a@b.T": lambda a, b: a @ b.T, "a.T@b": lambda a, b: a.T @ b}
 
 
-def gemm_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of a (size x size) @ (size x size) `torch.matmul` per layout: fastest of `repeats + 1` calls, or of
-    the calls made in 2 s (at least one)."""
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    results = {}
+def gemm_gflops(device: torch.device, dtype: torch.dtype, max_size: int, repeats: int) -> dict:
+    """GFLOP/s of a square `torch.matmul` per layout, with the size (side) it was measured at, and the CPU util.
+
+    The size doubles from 512 until one call takes 0.2 s or `max_size` is reached (slow layouts stay small); the
+    fastest of that call and up to `repeats` more (within 2 s) counts.
+    """
+    layouts, cpu_start, wall_start = {}, time.process_time(), time.perf_counter()
     for name, product in GEMM_LAYOUTS.items():
-        times = []
+        size, times = 256, [0.0]
+        while times[0] < 0.2 and size < max_size:
+            size *= 2
+            a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+            times = [timed(partial(product, a, b), device)]
         while len(times) <= repeats and sum(times) < 2.0:
             times.append(timed(partial(product, a, b), device))
-        results[name] = 2 * size**3 / min(times) / 1e9
-    return results
+        layouts[name] = {"size": size, "gflop_per_s": 2 * size**3 / min(times) / 1e9}
+    wall = time.perf_counter() - wall_start
+    return {
+        "peak_gflop_per_s": max(layout["gflop_per_s"] for layout in layouts.values()),
+        "layouts": layouts,
+        "cpu_util": (time.process_time() - cpu_start) / (wall * torch.get_num_threads()),
+    }
 
 
 def proc_status_bytes(field: str) -> int:
@@ -162,7 +176,9 @@ def measure(job: dict) -> dict:
         step()
     for _ in range(job["warmup"]):
         step()
+    cpu_start = time.process_time()
     times = [timed(step, device) for _ in range(job["repeats"])]
+    cpu_util = (time.process_time() - cpu_start) / (sum(times) * torch.get_num_threads())
     peak = peak_memory(device)
     return {
         **job,
@@ -172,11 +188,12 @@ def measure(job: dict) -> dict:
         "gflop_per_image": counter.get_total_flops() / batch / 1e9,
         "peak_mib": peak / 2**20,
         "delta_mib": (peak - in_use) / 2**20,
+        "cpu_util": cpu_util,
     }
 
 
 COLUMNS = ["device", "preset", "dtype", "batch", "mode", "params M", "time s", "img/s", "GFLOP/img", "GFLOP/s"]
-COLUMNS += ["% of GEMM peak", "peak MiB", "Δ MiB"]
+COLUMNS += ["% of GEMM peak", "peak MiB", "Δ MiB", "CPU util"]
 
 
 def table_row(cells) -> str:
@@ -190,7 +207,7 @@ def result_row(result: dict) -> str:
         [result["device"], f"PixelDiT-{result['preset']}", result["dtype"], result["batch"], result["mode"]]
         + [f"{result['params_m']:.1f}", f"{result['time_s']:.3f}", f"{result['batch'] / result['time_s']:.2f}"]
         + [f"{result['gflop_per_image']:.1f}", f"{result['gflop_per_s']:.1f}", f"{result['gemm_peak_pct']:.0f}%"]
-        + [f"{result['peak_mib']:,.0f}", f"{result['delta_mib']:,.0f}"]
+        + [f"{result['peak_mib']:,.0f}", f"{result['delta_mib']:,.0f}", f"{100 * result['cpu_util']:.0f}%"]
     )
 
 
@@ -204,8 +221,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations after the FLOP-counting pass")
     parser.add_argument("--backward", action="store_true", help="also measure forward+backward")
-    parser.add_argument("--gemm-size", type=int, help="side of the GEMM-peak matmul (default: cpu 2048, cuda 8192)")
-    parser.add_argument("--gemm-repeats", type=int, default=3)
+    parser.add_argument("--gemm-size", type=int, help="largest side of the GEMM-peak matmul (cpu 4096, cuda 8192)")
+    parser.add_argument("--gemm-repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smoke run: PixelDiT-B only, 1 repeat, no warm-up")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -222,6 +239,7 @@ def main():
         "diffusers": diffusers.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_model(),
+        "load_avg_1min": os.getloadavg()[0],  # other processes on the machine distort the timings
         **({"gpu": torch.cuda.get_device_name()} if "cuda" in args.device else {}),
     }
     print("# PixelDiT transformer benchmark\n")
@@ -233,18 +251,25 @@ def main():
 
     gemm = {}
     for device in args.device:
-        size = args.gemm_size or {"cpu": 2048, "cuda": 8192}[device]
+        max_size = args.gemm_size or {"cpu": 4096, "cuda": 8192}[device]
         for dtype in args.dtypes:
-            layouts = gemm_gflops(torch.device(device), DTYPES[dtype], size, args.gemm_repeats)
-            gemm[f"{device}/{dtype}"] = {"size": size, "peak": max(layouts.values()), "layouts": layouts}
+            peak = gemm[f"{device}/{dtype}"] = gemm_gflops(
+                torch.device(device), DTYPES[dtype], max_size, args.gemm_repeats
+            )
+            details = ", ".join(
+                f"{name} {v['gflop_per_s']:,.1f} at {v['size']}" for name, v in peak["layouts"].items()
+            )
             print(
-                f"GEMM peak {device}/{dtype}: {max(layouts.values()):,.1f} GFLOP/s, best {size}³ torch.matmul ("
-                + ", ".join(f"{name} {value:,.1f}" for name, value in layouts.items())
-                + ")"
+                f"GEMM peak {device}/{dtype}: {peak['peak_gflop_per_s']:,.1f} GFLOP/s, best torch.matmul layout "
+                f"({details}; CPU util {100 * peak['cpu_util']:.0f}%)"
             )
     print(
         "peak memory: cuda = torch.cuda.max_memory_allocated; cpu = process peak RSS (VmHWM, includes the runtime); "
-        "Δ = peak - memory in use before the first iteration (weights, inputs)\n"
+        "Δ = peak - memory in use before the first iteration (weights, inputs)"
+    )
+    print(
+        "CPU util = process CPU time / (wall time x threads) while timing: well under 100% on cpu means other "
+        "processes took cores and the timings (and GEMM fractions) are unreliable\n"
     )
     print(table_row(COLUMNS))
     print(table_row(["---"] * len(COLUMNS)))
@@ -265,13 +290,15 @@ def main():
         for job in jobs:
             result = pool.submit(measure, job).result()
             result["gflop_per_s"] = result["gflop_per_image"] * result["batch"] / result["time_s"]
-            result["gemm_peak_pct"] = 100 * result["gflop_per_s"] / gemm[f"{job['device']}/{job['dtype']}"]["peak"]
+            result["gemm_peak_pct"] = (
+                100 * result["gflop_per_s"] / gemm[f"{job['device']}/{job['dtype']}"]["peak_gflop_per_s"]
+            )
             results.append(result)
             print(result_row(result), flush=True)
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"env": env, "gemm_gflop_per_s": gemm, "results": results}, f, indent=2)
+            json.dump({"env": env, "gemm": gemm, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
