@@ -43,8 +43,11 @@ Classes ({len(id2label)}): {classes}
 from diffusers_pixeldit import PixelDiTPipeline
 
 {utils.loading_code(args, repo_id, "PixelDiTPipeline")}
-image = pipe(class_labels=[0], guidance_scale=4.0).images[0]
+image = pipe(class_labels=[0]).images[0]
 ```
+
+Without other arguments the pipeline samples with the recipe in its config (`default_num_inference_steps`,
+`default_guidance_scale`, `default_guidance_interval`); each is also a call argument.
 """
     if grid_path is not None:
         model_description += f"\n## Samples\n\n![samples]({grid_path})\n"

@@ -34,25 +34,26 @@ LORA_LAYERS = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,add_q_proj,add_k_p
 def save_model_card(args, repo_id: str, grid_path: str | None, repo_folder: str):
     scratch = f"preset `{args.preset}`, text encoder `{args.text_encoder_name_or_path}`"
     buckets = f", aspect-ratio buckets `{args.aspect_ratio_buckets}`" if args.aspect_ratio_buckets else ""
-    instruction = "PIXELDIT_COMPLEX_HUMAN_INSTRUCTION" if args.complex_human_instruction else "None"
     prompt = (args.validation_prompts or ["a photo of a cat"])[0]
     dropout = f'captions dropped to the "" embedding with probability {args.proportion_empty_prompts}{buckets}'
     model_description = f"""# PixelDiT text-to-image model - {repo_id}
 
 {utils.model_summary(args, scratch)} with `examples/train_text_to_image.py`.
-{utils.training_summary(args, dropout)} Text: {args.max_sequence_length} tokens, complex human instruction
-`{instruction}`: sample with the same settings.
+{utils.training_summary(args, dropout)} Text: {args.max_sequence_length} tokens, with
+{"the release's complex human instruction" if args.complex_human_instruction else "no complex human instruction"};
+the pipeline config carries both.
 
 ## Usage
 
 ```python
-from diffusers_pixeldit import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTT2IPipeline
+from diffusers_pixeldit import PixelDiTT2IPipeline
 
 {utils.loading_code(args, repo_id, "PixelDiTT2IPipeline")}
-image = pipe(
-    "{prompt}", max_sequence_length={args.max_sequence_length}, complex_human_instruction={instruction}
-).images[0]
+image = pipe("{prompt}").images[0]
 ```
+
+Without other arguments the pipeline samples with the recipe in its config (`default_num_inference_steps`,
+`default_guidance_scale`, `default_guidance_interval`); each is also a call argument.
 """
     if grid_path is not None:
         model_description += f"\n## Samples\n\n![samples]({grid_path})\n"
