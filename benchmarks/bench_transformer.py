@@ -1,24 +1,29 @@
 """Speed, FLOP/s and peak-memory benchmark of `PixelDiTTransformer2DModel`.
 
 Usage:
-    python benchmarks/bench_transformer.py --quick                      # smoke run: PixelDiT-B, 1 repeat
+    python benchmarks/bench_transformer.py --quick                      # smoke run: PixelDiT-B fp32, 1 repeat
     python benchmarks/bench_transformer.py                              # B, L, XL at 256², fp32 + bf16, forward
-    python benchmarks/bench_transformer.py --presets XL --backward --json xl.json
+    python benchmarks/bench_transformer.py --presets B XL --dtypes fp32 --train --json train.json
 
 For each device, preset, dtype and mode, in a fresh subprocess (so that peaks do not carry over):
-- mode "fwd": eval mode, one forward under `torch.inference_mode`; "fwd+bwd": train mode, forward, MSE loss to a
-  random target, backward (a training step without the optimiser). Inputs: random images (in the model's dtype),
-  timesteps in [0, 1000] (float32), class ids (or random text states for the text-to-image preset).
+- mode "fwd": eval mode, one forward under `torch.inference_mode`; "train" (with `--train`): a training step,
+  i.e. train mode, forward, MSE loss to a random target, backward and an AdamW step (no REPA); "train+ckpt": the
+  same with `enable_gradient_checkpointing()`. Inputs: random images (in the model's dtype), timesteps in
+  [0, 1000] (float32), class ids (or random text states for the text-to-image preset).
 - time: median wall-clock seconds over `--repeats` iterations (CUDA synchronised), after one FLOP-counting pass and
   `--warmup` plain iterations; img/s = batch / time.
 - GFLOP/img: matmul and attention FLOPs (multiply-add = 2) counted by `torch.utils.flop_counter.FlopCounterMode`
-  on the FLOP-counting pass, backward included for fwd+bwd; elementwise ops, norms and activations are not counted.
+  on the FLOP-counting pass, backward included for the train modes; elementwise ops, norms and activations are not counted.
 - % of GEMM peak: achieved GFLOP/s over the best GFLOP/s of a square `torch.matmul` in the same dtype on the same
   device, measured at the start of the run.
 - peak memory: CUDA: `torch.cuda.max_memory_allocated` (live tensors). CPU (Linux): the process's resident-set
-  high-water mark VmHWM, reset through /proc/self/clear_refs once the model and inputs are in place; it includes
-  the Python/torch runtime and allocator caches. Δ = peak minus the memory in use at that reset (weights, inputs,
-  runtime), i.e. activations, gradients and workspace.
+  high-water mark VmHWM, with glibc told to map every allocation of 64 KiB or more (`MALLOC_MMAP_THRESHOLD_`) so
+  that freed memory leaves the resident set; it includes the Python/torch runtime. The peak is reset after the
+  warm-up, when weights, inputs and (train modes) gradients and AdamW states are in place; Δ = peak minus the
+  memory in use then, up to the end of the backward pass: the activations and workspace of one iteration (what
+  gradient checkpointing cuts); the peak includes the optimiser step (AdamW's temporaries).
+  Memory is measured on its own pass (one more fresh process per measurement) so that the mmap setting does not
+  slow the timed runs.
 - CPU util: process CPU time / (wall time x threads) over the timed iterations (and the GEMM-peak measurement); on
   CPU, well under 100% means other processes took cores and the timings are unreliable.
 Weights are random N(0, 0.02) rather than the preset's initialisation (faster to build; speed does not depend on
@@ -144,7 +149,7 @@ def build_model(preset: str, device: torch.device, dtype: torch.dtype) -> PixelD
 
 
 def measure(job: dict) -> dict:
-    """Runs one measurement (meant for a fresh process) and returns `job` with its results."""
+    """Runs one measurement (meant for a fresh process): timings, or the memory peak when `job["pass"] == "memory"`."""
     device, dtype, batch, size = torch.device(job["device"]), DTYPES[job["dtype"]], job["batch"], job["resolution"]
     diffusers_logging.set_verbosity_error()  # `.to(bfloat16)` warns about an empty list of fp32 modules
     torch.manual_seed(0)
@@ -160,18 +165,39 @@ def measure(job: dict) -> dict:
     if job["mode"] == "fwd":
         model.eval()
 
-        def step():
+        def forward_backward():
             with torch.inference_mode():
                 model(images, timestep, **condition)
+
+        def optimizer_step():
+            pass
     else:
         model.train()
+        if job["mode"] == "train+ckpt":
+            model.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         target = torch.randn_like(images, dtype=torch.float32)
 
-        def step():
-            model.zero_grad(set_to_none=True)
+        def forward_backward():
             F.mse_loss(model(images, timestep, **condition).sample.float(), target).backward()
 
-    in_use = reset_peak_memory(device)
+        def optimizer_step():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+
+    def step():
+        forward_backward()
+        optimizer_step()
+
+    if job["pass"] == "memory":
+        for _ in range(max(job["warmup"], 1)):
+            step()
+        in_use = reset_peak_memory(device)
+        forward_backward()
+        activations = peak_memory(device) - in_use
+        optimizer_step()
+        return {**job, "peak_mib": peak_memory(device) / 2**20, "delta_mib": activations / 2**20}
+
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOP_FORMULAS) as counter:
         step()
     for _ in range(job["warmup"]):
@@ -179,17 +205,27 @@ def measure(job: dict) -> dict:
     cpu_start = time.process_time()
     times = [timed(step, device) for _ in range(job["repeats"])]
     cpu_util = (time.process_time() - cpu_start) / (sum(times) * torch.get_num_threads())
-    peak = peak_memory(device)
     return {
         **job,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "times_s": times,
         "time_s": statistics.median(times),
         "gflop_per_image": counter.get_total_flops() / batch / 1e9,
-        "peak_mib": peak / 2**20,
-        "delta_mib": (peak - in_use) / 2**20,
         "cpu_util": cpu_util,
     }
+
+
+def run_in_fresh_process(job: dict, env: dict[str, str] | None = None) -> dict:
+    """`measure(job)` in a new spawned process, with `env` added to its environment."""
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(measure, job).result()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 COLUMNS = ["device", "preset", "dtype", "batch", "mode", "params M", "time s", "img/s", "GFLOP/img", "GFLOP/s"]
@@ -220,14 +256,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda if available")
     parser.add_argument("--repeats", type=int, default=5, help="timed iterations (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations after the FLOP-counting pass")
-    parser.add_argument("--backward", action="store_true", help="also measure forward+backward")
+    parser.add_argument(
+        "--train", action="store_true", help="also measure training steps, without and with gradient checkpointing"
+    )
     parser.add_argument("--gemm-size", type=int, help="largest side of the GEMM-peak matmul (cpu 4096, cuda 8192)")
     parser.add_argument("--gemm-repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="smoke run: PixelDiT-B only, 1 repeat, no warm-up")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: PixelDiT-B, fp32, forward and train modes, 1 repeat"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.quick:
-        args.presets, args.repeats, args.warmup = ["B"], 1, 0
+        args.presets, args.dtypes, args.repeats, args.warmup, args.train = ["B"], ["fp32"], 1, 0, True
     args.device = args.device or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
     return args
 
@@ -265,7 +305,8 @@ def main():
             )
     print(
         "peak memory: cuda = torch.cuda.max_memory_allocated; cpu = process peak RSS (VmHWM, includes the runtime); "
-        "Δ = peak - memory in use before the first iteration (weights, inputs)"
+        "Δ = peak through forward and backward - memory in use before (weights, inputs, gradients, optimiser "
+        "states): activations and workspace"
     )
     print(
         "CPU util = process CPU time / (wall time x threads) while timing: well under 100% on cpu means other "
@@ -274,7 +315,7 @@ def main():
     print(table_row(COLUMNS))
     print(table_row(["---"] * len(COLUMNS)))
 
-    modes = ["fwd", "fwd+bwd"] if args.backward else ["fwd"]
+    modes = ["fwd", "train", "train+ckpt"] if args.train else ["fwd"]
     jobs = [
         {"device": device, "preset": preset, "dtype": dtype, "batch": args.batch_size, "mode": mode}
         | {"resolution": args.resolution, "warmup": args.warmup, "repeats": args.repeats}
@@ -284,17 +325,18 @@ def main():
         for mode in modes
     ]
     results = []
-    # One fresh process per measurement, so that each has its own memory high-water mark.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
-        for job in jobs:
-            result = pool.submit(measure, job).result()
-            result["gflop_per_s"] = result["gflop_per_image"] * result["batch"] / result["time_s"]
-            result["gemm_peak_pct"] = (
-                100 * result["gflop_per_s"] / gemm[f"{job['device']}/{job['dtype']}"]["peak_gflop_per_s"]
-            )
-            results.append(result)
-            print(result_row(result), flush=True)
+    for job in jobs:
+        # One fresh process per pass, so that each has its own memory high-water mark.
+        result = run_in_fresh_process(job | {"pass": "time"})
+        memory_env = {"MALLOC_MMAP_THRESHOLD_": "65536"} if job["device"] == "cpu" else None
+        memory = run_in_fresh_process(job | {"pass": "memory"}, memory_env)
+        result |= {"peak_mib": memory["peak_mib"], "delta_mib": memory["delta_mib"]}
+        result["gflop_per_s"] = result["gflop_per_image"] * result["batch"] / result["time_s"]
+        result["gemm_peak_pct"] = (
+            100 * result["gflop_per_s"] / gemm[f"{job['device']}/{job['dtype']}"]["peak_gflop_per_s"]
+        )
+        results.append(result)
+        print(result_row(result), flush=True)
 
     if args.json:
         with open(args.json, "w") as f:

@@ -7,7 +7,8 @@ A classifier fitted on the training split (PCA + RBF SVM, `diffusers_pixeldit.di
 generated digits:
 - accuracy: the fraction of generated digits it assigns to the requested class;
 - FD: the Fréchet distance between its PCA features of generated digits and of the 360 held-out real digits, with
-  the real-vs-real baseline (360 training digits against the held-out ones) printed alongside.
+  the real-vs-real baseline (as many real training digits as generated ones, against the same held-out digits)
+  printed alongside.
 Each configuration generates `--per_class` digits per class (same seeds everywhere), with the model's recipe CFG
 scale, with its CFG interval ("interval") and with guidance at every step ("full"). The table is printed (markdown)
 and written with a plot of quality against steps to --output_dir.
@@ -75,13 +76,13 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["c2i", "t2i"], choices=["c2i", "t2i"])
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     parser.add_argument("--steps", nargs="+", type=int, default=[5, 10, 25, 50, 100])
-    parser.add_argument("--per_class", type=int, default=36, help="Generated digits per class (360 in all).")
+    parser.add_argument("--per_class", type=int, default=10, help="Generated digits per class (100 in all).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="c2i, official AB2 and Euler, 5 and 25 steps.")
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.samplers, args.steps, args.per_class = ["c2i"], ["official AB2", "Euler"], [5, 25], 10
+        args.models, args.samplers, args.steps, args.per_class = ["c2i"], ["official AB2", "Euler"], [5, 25], 5
 
     classifier = DigitClassifier()
     splits = load_digit_splits()
@@ -89,10 +90,12 @@ def main(argv=None):
     test_features = classifier.features(test_images)
     classifier_accuracy = float((classifier.predict(test_images) == test_labels).mean())
     rng = np.random.default_rng(0)
-    train_sample = splits["train"][0][rng.choice(len(splits["train"][0]), len(test_images), replace=False)]
+    # The FD of a finite sample is biased upwards: the baseline uses as many real digits as each generated set.
+    num_generated = 10 * args.per_class
+    train_sample = splits["train"][0][rng.choice(len(splits["train"][0]), num_generated, replace=False)]
     baseline = frechet_distance(classifier.features(train_sample), test_features)
     print(f"classifier: {classifier_accuracy:.1%} on the {len(test_labels)} held-out digits")
-    print(f"FD real (training) vs real (held-out), {len(test_images)} each: {baseline:.2f}\n")
+    print(f"FD of {num_generated} real training digits vs the {len(test_images)} held-out ones: {baseline:.2f}\n")
 
     rows = []
     print("| model | sampler | CFG | steps | accuracy | FD | s/image |")
@@ -120,10 +123,40 @@ def main(argv=None):
                     )
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"classifier_accuracy": classifier_accuracy, "fd_real_vs_real": baseline, "rows": rows}
+    summary = {"classifier_accuracy": classifier_accuracy, "fd_real_vs_real": baseline, "per_class": args.per_class}
+    summary["rows"] = rows
     (args.output_dir / "digits_quality.json").write_text(json.dumps(summary, indent=1))
     plot(rows, baseline, args.output_dir / "digits_quality.png")
-    print(f"\nwrote {args.output_dir / 'digits_quality.json'} and {args.output_dir / 'digits_quality.png'}")
+    tables = summary_tables(summary)
+    (args.output_dir / "digits_quality.md").write_text(tables)
+    print(f"\n{tables}\nwrote digits_quality.json, .md and .png to {args.output_dir}")
+
+
+def summary_tables(summary: dict) -> str:
+    """Markdown: per model, a row per sampler and CFG mode, a column per step count, cells "accuracy / FD"."""
+    rows = summary["rows"]
+    steps = sorted({row["steps"] for row in rows})
+    text = (
+        f"Classifier accuracy on the held-out digits: {summary['classifier_accuracy']:.1%}. Real-vs-real FD "
+        f"({10 * summary['per_class']} training digits vs the held-out ones): {summary['fd_real_vs_real']:.2f}. "
+        f"Cells: accuracy / FD of {10 * summary['per_class']} generated digits.\n"
+    )
+    for kind in sorted({row["model"] for row in rows}):
+        text += f"\n**{'class-conditional' if kind == 'c2i' else 'text-to-image'}**\n\n"
+        text += "| sampler | CFG | " + " | ".join(f"{n} steps" for n in steps) + " |\n"
+        text += "|---|---|" + "---:|" * len(steps) + "\n"
+        for sampler, cfg in dict.fromkeys((r["sampler"], r["cfg"]) for r in rows if r["model"] == kind):
+            cells = {r["steps"]: r for r in rows if (r["model"], r["sampler"], r["cfg"]) == (kind, sampler, cfg)}
+            interval = next(iter(cells.values()))
+            label = f"{interval['guidance_scale']}, {cfg} {interval['interval']}"
+            text += (
+                f"| {sampler} | {label} | "
+                + " | ".join(
+                    f"{100 * cells[n]['accuracy']:.0f}% / {cells[n]['fd']:.2f}" if n in cells else "–" for n in steps
+                )
+                + " |\n"
+            )
+    return text
 
 
 def plot(rows: list[dict], baseline: float, path: Path):

@@ -1,8 +1,10 @@
 """Runs every benchmark: `python benchmarks/run_all.py --quick` (a few minutes on a CPU) or the full set.
 
-Quick: the transformer (PixelDiT-B forward), the pipeline (PixelDiT-B, 4 steps, with/without CFG-interval skipping)
-and the digits quality (class-conditional model, 2 samplers, 5/25 steps). Full: `bench_transformer.py --backward`,
-`bench_pipeline.py` and `eval_digits.py` with their default (complete) settings. See benchmarks/README.md.
+Quick: the transformer (PixelDiT-B fp32 forward and training steps), the pipeline (PixelDiT-B, 4 steps, with and
+without CFG-interval skipping) and the digits quality (class-conditional model, 2 samplers, 5/25 steps, written to
+benchmarks/results/quick/). Full: `bench_transformer.py --train`, `bench_pipeline.py` and `eval_digits.py` with their
+default (complete) settings. `bench_vs_official.py` needs a checkout of the official code and is not run here. See
+benchmarks/README.md.
 """
 
 import argparse
@@ -14,9 +16,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 BENCHMARKS = {
-    "bench_transformer.py": (["--quick"], ["--backward"]),
+    "bench_transformer.py": (["--quick"], ["--train"]),
     "bench_pipeline.py": (["--quick"], []),
-    "eval_digits.py": (["--quick"], []),
+    "eval_digits.py": (["--quick", "--output_dir", str(HERE / "results" / "quick")], []),
 }
 
 

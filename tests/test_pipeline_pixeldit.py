@@ -41,14 +41,10 @@ def generate(pipe, seed=0, **kwargs):
 # ---------------------------------------------------------------- official parity
 
 
-@pytest.mark.parametrize("solver, case", [("adams_bashforth", "flow_dpm_solver"), ("euler", "euler")])
-def test_official_sampling_fixture(solver, case):
-    state_dict, cases, meta = load_official_fixture("c2i_tiny")
+def check_official_sampling_fixture(model: PixelDiTTransformer2DModel, solver: str, case: str):
+    _, cases, meta = load_official_fixture("c2i_tiny")
     sampler = meta["sampler"]
-    pipe = PixelDiTPipeline(
-        model_from_official(state_dict, sample_size=32),
-        PixelDiTFlowScheduler(shift=sampler["timeshift"], solver=solver),
-    )
+    pipe = PixelDiTPipeline(model, PixelDiTFlowScheduler(shift=sampler["timeshift"], solver=solver))
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
         class_labels=cases["sample.class_labels"].tolist(),
@@ -62,6 +58,26 @@ def test_official_sampling_fixture(solver, case):
         images, cases[f"sample.{case}.out_official"], cases[f"sample.{case}.out_official_fp64"], SAMPLING_TOLERANCE
     )
     assert passed, message
+
+
+@pytest.mark.parametrize("solver, case", [("adams_bashforth", "flow_dpm_solver"), ("euler", "euler")])
+def test_official_sampling_fixture(solver, case):
+    state_dict, _, _ = load_official_fixture("c2i_tiny")
+    check_official_sampling_fixture(model_from_official(state_dict, sample_size=32), solver, case)
+
+
+def test_fused_and_compiled_transformer_keeps_official_parity():
+    # The fast set-up: fused q/k/v projections and compiled repeated blocks, without graph breaks, at batch 2 (inside
+    # the CFG interval) and 1 (outside it: the fixture's first two steps).
+    state_dict, _, _ = load_official_fixture("c2i_tiny")
+    model = model_from_official(state_dict, sample_size=32)
+    model.fuse_qkv_projections()
+    model.compile_repeated_blocks(fullgraph=True)
+    torch.compiler.reset()
+    try:
+        check_official_sampling_fixture(model, "adams_bashforth", "flow_dpm_solver")
+    finally:
+        torch.compiler.reset()
 
 
 def test_official_euler_fixture_with_diffusers_flow_match_euler():
