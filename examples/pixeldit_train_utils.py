@@ -48,7 +48,7 @@ from diffusers.training_utils import (
 from diffusers.utils import is_wandb_available, make_image_grid
 from diffusers.utils.hub_utils import populate_model_card
 from diffusers.utils.torch_utils import is_compiled_module
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -255,6 +255,24 @@ def check_training_arguments(args: argparse.Namespace):
         raise ValueError("Don't use --report_to wandb with --hub_token (security risk); use `hf auth login`.")
     if args.repa_encoder is not None and args.repa_layer < 1:
         raise ValueError(f"--repa_layer is 1-based, got {args.repa_layer}.")
+
+
+def create_hub_repo(args: argparse.Namespace) -> str:
+    """Creates (or finds) the Hub repo the run is pushed to; returns its id."""
+    return create_repo(
+        repo_id=args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token
+    ).repo_id
+
+
+def upload_output_dir(args: argparse.Namespace, repo_id: str):
+    """Pushes the output folder (without checkpoints and validation images) to the Hub repo."""
+    upload_folder(
+        repo_id=repo_id,
+        folder_path=args.output_dir,
+        commit_message="End of training",
+        ignore_patterns=UPLOAD_IGNORE_PATTERNS,
+        token=args.hub_token,
+    )
 
 
 def training_command(script: str, argv: list[str]) -> str:

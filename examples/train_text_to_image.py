@@ -9,7 +9,6 @@ objective of `train_dreambooth_sd3.py`. See examples/README.md.
 
 import argparse
 import sys
-from pathlib import Path
 
 import pixeldit_train_utils as utils
 import torch
@@ -17,7 +16,6 @@ from accelerate.logging import get_logger
 from diffusers import DPMSolverMultistepScheduler
 from diffusers.training_utils import free_memory, generate_aspect_ratio_buckets, parse_buckets_string
 from diffusers.utils import check_min_version
-from huggingface_hub import create_repo, upload_folder
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
@@ -153,9 +151,7 @@ def main(args):
     accelerator = utils.create_accelerator(args, find_unused_parameters=True)
     weight_dtype = utils.weight_dtype_of(accelerator)
     if accelerator.is_main_process and args.push_to_hub:
-        repo_id = create_repo(
-            repo_id=args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token
-        ).repo_id
+        repo_id = utils.create_hub_repo(args)
 
     with accelerator.main_process_first():
         dataset = utils.load_image_dataset(args, [args.image_column, args.caption_column])
@@ -298,13 +294,7 @@ def main(args):
             )
         save_model_card(args, repo_id if args.push_to_hub else args.output_dir, grid_path, args.output_dir)
         if args.push_to_hub:
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=args.output_dir,
-                commit_message="End of training",
-                ignore_patterns=utils.UPLOAD_IGNORE_PATTERNS,
-                token=args.hub_token,
-            )
+            utils.upload_output_dir(args, repo_id)
     accelerator.end_training()
 
 

@@ -53,8 +53,8 @@ def test_imagefolder_from_scratch_ema_repa_validation_push_to_hub(tmp_path, monk
             (remote / file).write_bytes((folder_path / file).read_bytes())
         uploads.append(dict(repo_id=repo_id, token=token, files=uploaded, remote=remote))
 
-    monkeypatch.setattr(train_class_conditional, "create_repo", fake_create_repo)
-    monkeypatch.setattr(train_class_conditional, "upload_folder", fake_upload_folder)
+    monkeypatch.setattr(train_class_conditional.utils, "create_repo", fake_create_repo)
+    monkeypatch.setattr(train_class_conditional.utils, "upload_folder", fake_upload_folder)
     out = tmp_path / "out"
     run_in_process(
         train_class_conditional,

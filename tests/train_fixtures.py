@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffusers_pixeldit.digits import DIGIT_NAMES
+
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # A tiny from-scratch transformer (on top of the script's default preset), for 16x16 images.
 TINY_TRANSFORMER = json.dumps(
     dict(
