@@ -16,6 +16,10 @@ For each device, preset, dtype and mode, in a fresh subprocess (so that peaks do
   on the FLOP-counting pass, backward included for the train modes; elementwise ops, norms and activations are not counted.
 - % of GEMM peak: achieved GFLOP/s over the best GFLOP/s of a square `torch.matmul` in the same dtype on the same
   device, measured at the start of the run.
+- linear GEMMs s (fwd only): the model's linear layers alone: every (rows, in, out) shape that one forward runs,
+  timed by itself with `F.linear` on random inputs (median of `--repeats`, weights warm in cache) and summed over its
+  calls. Time minus this is all that any implementation using the same GEMMs can save (attention, element-wise
+  work, copies, allocation); the column after it is the forward's share in those GEMMs.
 - peak memory: CUDA: `torch.cuda.max_memory_allocated` (live tensors). CPU (Linux): the process's resident-set
   high-water mark VmHWM, with glibc told to map every allocation of 64 KiB or more (`MALLOC_MMAP_THRESHOLD_`) so
   that freed memory leaves the resident set; it includes the Python/torch runtime. The peak is reset after the
@@ -36,6 +40,7 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
@@ -198,14 +203,24 @@ def measure(job: dict) -> dict:
         optimizer_step()
         return {**job, "peak_mib": peak_memory(device) / 2**20, "delta_mib": activations / 2**20}
 
+    linear_shapes = Counter()
+    hooks = [
+        module.register_forward_hook(
+            lambda module, args, output: linear_shapes.update([(args[0].numel() // module.in_features, module)])
+        )
+        for module in model.modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOP_FORMULAS) as counter:
         step()
+    for hook in hooks:
+        hook.remove()
     for _ in range(job["warmup"]):
         step()
     cpu_start = time.process_time()
     times = [timed(step, device) for _ in range(job["repeats"])]
     cpu_util = (time.process_time() - cpu_start) / (sum(times) * torch.get_num_threads())
-    return {
+    result = {
         **job,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "times_s": times,
@@ -213,6 +228,27 @@ def measure(job: dict) -> dict:
         "gflop_per_image": counter.get_total_flops() / batch / 1e9,
         "cpu_util": cpu_util,
     }
+    if job["mode"] == "fwd":
+        result["linear_gemm_s"] = linear_gemm_seconds(linear_shapes, device, dtype, job["repeats"])
+    return result
+
+
+def linear_gemm_seconds(calls: Counter, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    """Summed median time of `F.linear` alone on random inputs, for each `(rows, linear layer)` of `calls`."""
+    shapes = Counter()
+    for (rows, layer), count in calls.items():
+        shapes[(rows, layer.in_features, layer.out_features, layer.bias is not None)] += count
+    total = 0.0
+    with torch.inference_mode():
+        for (rows, in_features, out_features, bias), count in shapes.items():
+            inputs = torch.randn(rows, in_features, device=device, dtype=dtype)
+            weight = torch.randn(out_features, in_features, device=device, dtype=dtype)
+            bias = torch.randn(out_features, device=device, dtype=dtype) if bias else None
+            F.linear(inputs, weight, bias)
+            total += count * statistics.median(
+                timed(partial(F.linear, inputs, weight, bias), device) for _ in range(repeats)
+            )
+    return total
 
 
 def run_in_fresh_process(job: dict, env: dict[str, str] | None = None) -> dict:
@@ -229,7 +265,7 @@ def run_in_fresh_process(job: dict, env: dict[str, str] | None = None) -> dict:
 
 
 COLUMNS = ["device", "preset", "dtype", "batch", "mode", "params M", "time s", "img/s", "GFLOP/img", "GFLOP/s"]
-COLUMNS += ["% of GEMM peak", "peak MiB", "Δ MiB", "CPU util"]
+COLUMNS += ["% of GEMM peak", "linear GEMMs s", "% in linear GEMMs", "peak MiB", "Δ MiB", "CPU util"]
 
 
 def table_row(cells) -> str:
@@ -243,6 +279,11 @@ def result_row(result: dict) -> str:
         [result["device"], f"PixelDiT-{result['preset']}", result["dtype"], result["batch"], result["mode"]]
         + [f"{result['params_m']:.1f}", f"{result['time_s']:.3f}", f"{result['batch'] / result['time_s']:.2f}"]
         + [f"{result['gflop_per_image']:.1f}", f"{result['gflop_per_s']:.1f}", f"{result['gemm_peak_pct']:.0f}%"]
+        + (
+            [f"{result['linear_gemm_s']:.3f}", f"{100 * result['linear_gemm_s'] / result['time_s']:.0f}%"]
+            if "linear_gemm_s" in result
+            else ["–", "–"]
+        )
         + [f"{result['peak_mib']:,.0f}", f"{result['delta_mib']:,.0f}", f"{100 * result['cpu_util']:.0f}%"]
     )
 

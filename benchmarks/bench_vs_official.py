@@ -23,9 +23,12 @@ FlowDPMSolver (2-step Adams–Bashforth) with `--steps` 100, CFG 3.25, shift 1, 
   arithmetic), ours keeps the state, the time and the CFG arithmetic in fp32; the error column is the max |x − x_fp32|
   of each against its own fp32 run.
 Our set-ups (`--variants`): "eager" (the model as loaded), "fused qkv + compiled" (`fuse_qkv_projections()` and
-`compile_repeated_blocks(fullgraph=True)`; compilation happens before the timings and is reported apart) and, for
-bf16, "bf16 storage, fp32 compute" (`enable_layerwise_casting`: bf16 weights, upcast layer by layer; for CPUs
-without native bf16 matrix units, where bf16 GEMMs are emulated).
+`compile_repeated_blocks(fullgraph=True)`) and, for bf16, "bf16 storage, fp32 compute" (`enable_layerwise_casting`:
+bf16 weights, upcast layer by layer; for CPUs without native bf16 matrix units, where bf16 GEMMs are emulated). On
+request also "fused qkv + compiled, frozen": the whole model compiled with inductor freezing
+(`compile(dynamic=False, options={"freezing": True})`; inference only, the weights become pre-packed constants of one
+static graph per batch size). Compilation happens before the timings, in forward calls and a short sampling call at
+both batch sizes, and is reported apart.
 
 The official sampler module imports Lightning, timm and torchvision for its training code only; where they are not
 installed, empty stand-in modules take their place (sampling uses none of them).
@@ -58,7 +61,9 @@ VARIANTS = {
     "eager": "the model as loaded",
     "fused qkv + compiled": "`fuse_qkv_projections()` and `compile_repeated_blocks(fullgraph=True)`",
     "bf16 storage, fp32 compute": "bf16 weights upcast layer by layer (`enable_layerwise_casting`), bf16 rows only",
+    "fused qkv + compiled, frozen": '`fuse_qkv_projections()` and `compile(dynamic=False, options={"freezing": True})`',
 }
+DEFAULT_VARIANTS = ["eager", "fused qkv + compiled", "bf16 storage, fp32 compute"]
 RECIPE = {"guidance_scale": 3.25, "shift": 1.0, "guidance_interval": (0.1, 1.0)}
 TRAINING_ONLY_IMPORTS = {
     "torchvision": {},
@@ -131,6 +136,9 @@ def prepare_ours(model, variant: str, dtype: torch.dtype):
     if variant == "fused qkv + compiled":
         model.fuse_qkv_projections()
         model.compile_repeated_blocks(fullgraph=True)
+    elif variant == "fused qkv + compiled, frozen":
+        model.fuse_qkv_projections()
+        model.compile(dynamic=False, options={"freezing": True})
     return model
 
 
@@ -173,6 +181,12 @@ def official_sample(official, model, noise, class_labels, steps: int):
     return sampler(model, noise, class_labels, null_labels)
 
 
+def our_pipeline(model) -> PixelDiTPipeline:
+    pipe = PixelDiTPipeline(model, PixelDiTFlowScheduler(solver="adams_bashforth"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def our_sample(pipe, noise, class_labels, steps: int):
     return pipe(
         class_labels=class_labels.tolist(),
@@ -198,7 +212,7 @@ def main():
     parser.add_argument("--steps", type=int, default=100, help="sampling steps; 0 skips sampling")
     parser.add_argument("--batch_size", type=int, default=1, help="images per sampling call")
     parser.add_argument(
-        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="our set-ups to measure"
+        "--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS), help="our set-ups to measure"
     )
     args = parser.parse_args()
     diffusers_logging.set_verbosity_error()
@@ -235,7 +249,9 @@ def main():
                         t[:batch],
                         labels[:batch],
                     )
-            if variant == "fused qkv + compiled":
+                if "compiled" in variant and args.steps:  # the pipeline's own calls, both batch sizes
+                    our_sample(our_pipeline(models[variant]), noise, class_labels, 10)
+            if "compiled" in variant:
                 print(
                     f"{dtype_name} {variant}: set-up, compilation and first call {time.perf_counter() - start:.1f} s"
                 )
@@ -256,9 +272,7 @@ def main():
                     if name == "official":
                         samples[name] = official_sample(official, model, noise.to(dtype), class_labels, args.steps)
                     else:
-                        pipe = PixelDiTPipeline(model, PixelDiTFlowScheduler(solver="adams_bashforth"))
-                        pipe.set_progress_bar_config(disable=True)
-                        samples[name] = our_sample(pipe, noise, class_labels, args.steps)
+                        samples[name] = our_sample(our_pipeline(model), noise, class_labels, args.steps)
                 sampling_s[name] = time.perf_counter() - start
                 samples[name] = samples[name].float()
                 print(f"{dtype_name} {name}: {args.steps}-step sampling {sampling_s[name]:.1f} s", flush=True)

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 
-HERE = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent.parent  # the scripts run from here, with paths relative to it
 BENCHMARKS = {
     "bench_transformer.py": (["--quick"], ["--train"]),
     "bench_pipeline.py": (["--quick"], []),
-    "eval_digits.py": (["--quick", "--output_dir", str(HERE / "results" / "quick")], []),
+    "eval_digits.py": (["--quick", "--output_dir", "benchmarks/results/quick"], []),
 }
 
 
@@ -30,7 +30,8 @@ def main():
     for script, (quick, full) in BENCHMARKS.items():
         print(f"\n==== {script} {' '.join(quick if args.quick else full)}", flush=True)
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, str(HERE / script), *(quick if args.quick else full)])
+        command = [sys.executable, f"benchmarks/{script}", *(quick if args.quick else full)]
+        result = subprocess.run(command, cwd=ROOT)
         print(f"==== {script}: {time.perf_counter() - start:.0f} s, exit code {result.returncode}", flush=True)
         if result.returncode:
             failed.append(script)
