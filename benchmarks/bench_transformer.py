@@ -203,14 +203,16 @@ def measure(job: dict) -> dict:
         optimizer_step()
         return {**job, "peak_mib": peak_memory(device) / 2**20, "delta_mib": activations / 2**20}
 
-    linear_shapes = Counter()
-    hooks = [
-        module.register_forward_hook(
-            lambda module, args, output: linear_shapes.update([(args[0].numel() // module.in_features, module)])
-        )
-        for module in model.modules()
-        if isinstance(module, torch.nn.Linear)
-    ]
+    linear_shapes = Counter()  # (rows, in, out, bias) of every linear call in the forward
+
+    def record_linear_shape(module, args, output):
+        rows = args[0].numel() // module.in_features
+        linear_shapes[(rows, module.in_features, module.out_features, module.bias is not None)] += 1
+
+    linear_layers = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    hooks = (
+        [layer.register_forward_hook(record_linear_shape) for layer in linear_layers] if job["mode"] == "fwd" else []
+    )
     with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOP_FORMULAS) as counter:
         step()
     for hook in hooks:
@@ -233,11 +235,8 @@ def measure(job: dict) -> dict:
     return result
 
 
-def linear_gemm_seconds(calls: Counter, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
-    """Summed median time of `F.linear` alone on random inputs, for each `(rows, linear layer)` of `calls`."""
-    shapes = Counter()
-    for (rows, layer), count in calls.items():
-        shapes[(rows, layer.in_features, layer.out_features, layer.bias is not None)] += count
+def linear_gemm_seconds(shapes: Counter, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    """Summed median time of `F.linear` alone on random inputs, over the `(rows, in, out, bias)` calls of `shapes`."""
     total = 0.0
     with torch.inference_mode():
         for (rows, in_features, out_features, bias), count in shapes.items():
