@@ -21,9 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers import UniPCMultistepScheduler
 
-from diffusers_pixeldit import PixelDiTFlowScheduler, PixelDiTPipeline, PixelDiTT2IPipeline
+from diffusers_pixeldit import (
+    PixelDiTFlowScheduler,
+    PixelDiTPipeline,
+    PixelDiTT2IPipeline,
+    release_dpm_solver_scheduler,
+)
 from diffusers_pixeldit.digits import (
     DIGIT_NAMES,
     DigitClassifier,
@@ -37,9 +42,7 @@ from diffusers_pixeldit.digits import (
 SAMPLERS = {
     "official AB2": lambda shift: PixelDiTFlowScheduler(shift=shift, solver="adams_bashforth"),
     "Euler": lambda shift: PixelDiTFlowScheduler(shift=shift, solver="euler"),
-    "DPM-Solver++": lambda shift: DPMSolverMultistepScheduler(
-        use_flow_sigmas=True, flow_shift=shift, prediction_type="flow_prediction", solver_order=2
-    ),
+    "DPM-Solver++": release_dpm_solver_scheduler,
     "UniPC": lambda shift: UniPCMultistepScheduler(
         use_flow_sigmas=True, flow_shift=shift, prediction_type="flow_prediction"
     ),

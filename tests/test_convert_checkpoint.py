@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES, load_official_fixture, tiny_model, tiny_text_components, tolerance_check
 from huggingface_hub import HfApi, ModelCard
+from pixeldit_testing import FIXTURES, load_official_fixture, tiny_model, tiny_text_components, tolerance_check
 from safetensors.torch import load_file, save_file
 
 from diffusers_pixeldit import (

@@ -7,7 +7,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import FIXTURES, load_official_fixture, model_from_official, tiny_model, tolerance_check
 from diffusers import (
     DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -15,6 +14,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from peft import LoraConfig
+from pixeldit_testing import FIXTURES, load_official_fixture, model_from_official, tiny_model, tolerance_check
 from safetensors.torch import load_file
 
 from diffusers_pixeldit import PixelDiTFlowScheduler, PixelDiTPipeline, PixelDiTTransformer2DModel

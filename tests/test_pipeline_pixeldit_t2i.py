@@ -3,7 +3,8 @@ import json
 
 import pytest
 import torch
-from conftest import (
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from pixeldit_testing import (
     FIXTURES,
     load_official_fixture,
     model_from_official,
@@ -11,28 +12,25 @@ from conftest import (
     tiny_text_components,
     tolerance_check,
 )
-from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
-from diffusers_pixeldit import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTT2IPipeline
+from diffusers_pixeldit import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTT2IPipeline, release_dpm_solver_scheduler
 
 
 SAMPLING_TOLERANCE = 1e-4
-
-
-def release_scheduler(flow_shift: float) -> DPMSolverMultistepScheduler:
-    return DPMSolverMultistepScheduler(
-        use_flow_sigmas=True, flow_shift=flow_shift, prediction_type="flow_prediction", solver_order=2,
-        algorithm_type="dpmsolver++", lower_order_final=True,
-    )  # fmt: skip
 
 
 def tiny_pipeline(max_text_length: int = 12, **kwargs) -> PixelDiTT2IPipeline:
     tokenizer, text_encoder = tiny_text_components(width=8)
     transformer = tiny_model("t2i", text_embed_dim=8, max_text_length=max_text_length)
     pipe = PixelDiTT2IPipeline(
-        tokenizer, text_encoder, transformer, release_scheduler(3.0), default_num_inference_steps=5, **kwargs
+        tokenizer,
+        text_encoder,
+        transformer,
+        release_dpm_solver_scheduler(3.0),
+        default_num_inference_steps=5,
+        **kwargs,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -57,7 +55,9 @@ def embeds_call(embeds, negative_embeds):
 def test_official_dpm_solver_fixture():
     state_dict, cases, meta = load_official_fixture("t2i_tiny")
     sampler = meta["sampler"]
-    pipe = PixelDiTT2IPipeline(None, None, model_from_official(state_dict, sample_size=32), release_scheduler(3.0))
+    pipe = PixelDiTT2IPipeline(
+        None, None, model_from_official(state_dict, sample_size=32), release_dpm_solver_scheduler(3.0)
+    )
     pipe.set_progress_bar_config(disable=True)
     images = pipe(
         **embeds_call(cases["sample.prompt_embeds"], cases["sample.negative_prompt_embeds"]),
@@ -82,7 +82,7 @@ def test_official_dpm_solver_other_configuration(extra_configs):
     runs = load_file(FIXTURES / "official_extra_sampling.safetensors")
     prefix = f"{spec['model']}.official_state_dict."
     model = model_from_official({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-    pipe = PixelDiTT2IPipeline(None, None, model, release_scheduler(spec["flow_shift"]))
+    pipe = PixelDiTT2IPipeline(None, None, model, release_dpm_solver_scheduler(spec["flow_shift"]))
     pipe.set_progress_bar_config(disable=True)
     low, high = spec["interval_guidance"]  # official: σ units
     images = pipe(
@@ -231,7 +231,7 @@ def test_guidance_interval_skips_the_unconditional_branch():
     forward = pipe.transformer.forward
     pipe.transformer.forward = lambda *a, **k: sizes.append(k["hidden_states"].shape[0]) or forward(*a, **k)
     generate(pipe, num_inference_steps=5, guidance_interval=(0.0, 0.5))
-    sigmas = release_scheduler(3.0)
+    sigmas = release_dpm_solver_scheduler(3.0)
     sigmas.set_timesteps(5)
     expected = [4 if 0 < 1 - s < 0.5 else 2 for s in sigmas.sigmas[:-1].tolist()]
     assert sizes == expected and 2 in sizes and 4 in sizes

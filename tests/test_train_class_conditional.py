@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
 from huggingface_hub.utils import filter_repo_objects
+from pixeldit_testing import tiny_model
 from train_fixtures import (
     DIGIT_NAMES,
     TINY_TRANSFORMER,

@@ -1,8 +1,8 @@
 """End-to-end tests of examples/train_text_to_image.py on captioned scikit-learn digits (CPU, tiny models)."""
 
 import torch
-from conftest import tiny_model, tiny_text_components
 from diffusers import DPMSolverMultistepScheduler
+from pixeldit_testing import tiny_model, tiny_text_components
 from train_fixtures import TINY_TRANSFORMER, example, run_in_process, save_digits_dataset, scalars, write_imagefolder
 
 from diffusers_pixeldit import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTT2IPipeline, PixelDiTTransformer2DModel

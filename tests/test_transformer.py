@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
-from conftest import load_official_fixture, model_from_official, tiny_inputs, tiny_model
 from diffusers import attention_backend
 from peft import LoraConfig
+from pixeldit_testing import load_official_fixture, model_from_official, tiny_inputs, tiny_model
 
 from diffusers_pixeldit import (
     PIXELDIT_PRESETS,

@@ -14,7 +14,7 @@ from .conversion import (
 )
 from .models import PIXELDIT_PRESETS, PixelDiTAttention, PixelDiTAttnProcessor, PixelDiTTransformer2DModel
 from .pipelines import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTPipeline, PixelDiTT2IPipeline, imagenet_id2label
-from .schedulers import PixelDiTFlowScheduler
+from .schedulers import T2I_RELEASE_DPM_SOLVER_CONFIG, PixelDiTFlowScheduler, release_dpm_solver_scheduler
 
 
 __version__ = "0.1.0"
@@ -39,11 +39,13 @@ __all__ = [
     "PixelDiTPipeline",
     "PixelDiTT2IPipeline",
     "PixelDiTTransformer2DModel",
+    "T2I_RELEASE_DPM_SOLVER_CONFIG",
     "diffusers_to_official_state_dict",
     "imagenet_id2label",
     "infer_config_from_official_state_dict",
     "load_official_checkpoint",
     "official_checkpoint_from_transformer",
     "official_to_diffusers_state_dict",
+    "release_dpm_solver_scheduler",
     "transformer_from_official_state_dict",
 ]

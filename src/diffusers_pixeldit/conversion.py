@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from diffusers import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from safetensors.torch import load_file
 
 from .models import PIXELDIT_PRESETS, PixelDiTTransformer2DModel
-from .schedulers import PixelDiTFlowScheduler
+from .schedulers import PixelDiTFlowScheduler, release_dpm_solver_scheduler
 
 
 logger = logging.get_logger(__name__)
@@ -548,12 +547,5 @@ def sampling_scheduler(sampler: str, shift: float) -> SchedulerMixin:
     if shift <= 0:
         raise ValueError(f"`shift` must be positive, got {shift}.")
     if sampler == "dpmsolver++":
-        return DPMSolverMultistepScheduler(
-            use_flow_sigmas=True,
-            flow_shift=shift,
-            prediction_type="flow_prediction",
-            solver_order=2,
-            algorithm_type="dpmsolver++",
-            lower_order_final=True,
-        )
+        return release_dpm_solver_scheduler(shift)
     return PixelDiTFlowScheduler(shift=shift, solver=sampler)

@@ -64,8 +64,8 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
             `text_embed_dim` (the release uses the Gemma-2-2B-it decoder); its last hidden states are used.
         transformer ([`PixelDiTTransformer2DModel`]): a text-conditional PixelDiT.
         scheduler ([`SchedulerMixin`]): a flow-matching scheduler; the release's sampler is
-            `DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", solver_order=2,
-            algorithm_type="dpmsolver++", lower_order_final=True, flow_shift=...)`.
+            `release_dpm_solver_scheduler(flow_shift)` (`DPMSolverMultistepScheduler` with
+            `T2I_RELEASE_DPM_SOLVER_CONFIG`).
         default_num_inference_steps, default_guidance_scale, default_guidance_interval: the sampling recipe used when
             a call does not give them.
         complex_human_instruction (`list[str]`, *optional*): the instruction lines prefixed to every prompt, as the

@@ -1,0 +1,145 @@
+"""Helpers shared by the tests: tiny models and inputs, the official-output fixtures and their tolerance rule."""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from diffusers_pixeldit import (
+    PixelDiTTransformer2DModel,
+    infer_config_from_official_state_dict,
+    official_to_diffusers_state_dict,
+)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Tiny configurations used across the tests (random weights).
+TINY_C2I = dict(
+    sample_size=16,
+    patch_size=4,
+    num_layers=2,
+    num_attention_heads=2,
+    attention_head_dim=8,
+    num_pixel_layers=2,
+    pixel_embed_dim=4,
+    num_classes=5,
+)
+TINY_T2I = dict(
+    sample_size=16,
+    patch_size=4,
+    num_layers=2,
+    num_attention_heads=2,
+    attention_head_dim=8,
+    num_pixel_layers=1,
+    pixel_embed_dim=4,
+    pixel_num_attention_heads=2,
+    pixel_attention_head_dim=12,
+    num_classes=None,
+    text_embed_dim=6,
+    max_text_length=7,
+    timestep_input="sigma_x1000",
+    negate_output=False,
+)
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Gives every parameter (the zero-initialised AdaLN/output layers included) non-trivial random values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if param.ndim == 1 and "norm" in name:
+                param.copy_(1 + 0.2 * noise)
+            elif param.ndim == 1:
+                param.copy_(0.1 * noise)
+            elif "adaln" in name:
+                param.copy_(0.4 * noise / param.shape[-1] ** 0.5)
+            else:
+                param.copy_(noise / param.shape[-1] ** 0.5)
+    return model
+
+
+def tiny_model(kind: str = "c2i", seed: int = 0, **overrides) -> PixelDiTTransformer2DModel:
+    torch.manual_seed(seed)
+    config = {**(TINY_C2I if kind == "c2i" else TINY_T2I), **overrides}
+    return randomize_(PixelDiTTransformer2DModel(**config), seed).eval()
+
+
+def tiny_inputs(
+    model: PixelDiTTransformer2DModel, batch_size: int = 2, height: int = 16, width: int = 24, seed: int = 0
+):
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    inputs = {
+        "hidden_states": torch.randn(batch_size, config.in_channels, height, width, generator=generator),
+        "timestep": torch.rand(batch_size, generator=generator) * 1000,
+    }
+    if config.num_classes is not None:
+        inputs["class_labels"] = torch.randint(0, config.num_classes + 1, (batch_size,), generator=generator)
+    else:
+        inputs["encoder_hidden_states"] = torch.randn(batch_size, 5, config.text_embed_dim, generator=generator)
+    return inputs
+
+
+def load_official_fixture(name: str):
+    """(model state dict (EMA for C2I), cases, meta) of a shared official-output fixture."""
+    meta = json.loads((FIXTURES / name / "meta.json").read_text())
+    checkpoint = torch.load(FIXTURES / name / meta["checkpoint"], map_location="cpu", weights_only=True)
+    prefix = "ema_denoiser." if meta["kind"] == "c2i" else "core."
+    state_dict = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return state_dict, load_file(FIXTURES / name / "cases.safetensors"), meta
+
+
+def model_from_official(state_dict, **config_overrides) -> PixelDiTTransformer2DModel:
+    config = {**infer_config_from_official_state_dict(state_dict), **config_overrides}
+    model = PixelDiTTransformer2DModel(**config)
+    model.load_state_dict(official_to_diffusers_state_dict(state_dict), strict=True)
+    return model.eval()
+
+
+def tolerance_check(ours: torch.Tensor, official: torch.Tensor, official_fp64: torch.Tensor | None, tolerance: float):
+    """The fixtures' rule: within `tolerance` of the official fp32 output, or at least as accurate as the official
+    fp32 code against the same algorithm run in float64. Returns (passed, message)."""
+    error = (ours.double() - official.double()).abs().max().item()
+    if error <= tolerance:
+        return True, f"|ours - official| = {error:.3g} <= {tolerance}"
+    if official_fp64 is None:
+        return False, f"|ours - official| = {error:.3g} > {tolerance} (no float64 reference)"
+    official_error = (official.double() - official_fp64).abs().max().item()
+    bound = max(tolerance, 2 * official_error)
+    error64 = (ours.double() - official_fp64).abs().max().item()
+    message = f"|ours - official| = {error:.3g}; |ours - fp64| = {error64:.3g} vs bound {bound:.3g}"
+    return error64 <= bound, message
+
+
+def tiny_text_components(width: int = 8, seed: int = 0):
+    """A word-level tokenizer (BOS prepended, right padding) and a tiny Gemma-2 encoder, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
+
+    from diffusers_pixeldit import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION
+
+    words = " ".join(PIXELDIT_COMPLEX_HUMAN_INSTRUCTION).split() + "a A cat Cat dog digit seven sign red".split()
+    vocab = {"<pad>": 0, "<bos>": 1, "<unk>": 2}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", unk_token="<unk>", padding_side="right"
+    )
+    torch.manual_seed(seed)
+    config = Gemma2Config(
+        hidden_size=width,
+        head_dim=16,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=len(vocab),
+        max_position_embeddings=512,
+    )
+    return tokenizer, Gemma2Model(config).eval()
