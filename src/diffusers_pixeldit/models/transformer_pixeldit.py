@@ -1,7 +1,9 @@
 # Copyright 2026 The diffusers-pixeldit authors. Licensed under the Apache License, Version 2.0.
 """PixelDiT: a dual-level (patch + pixel) diffusion transformer that works directly in pixel space."""
 
-from typing import Any
+import functools
+import math
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -15,7 +17,7 @@ from diffusers.models.embeddings import (
     TimestepEmbedding,
     apply_rotary_emb,
     get_1d_rotary_pos_embed,
-    get_2d_sincos_pos_embed_from_grid,
+    get_1d_sincos_pos_embed_from_grid,
     get_timestep_embedding,
 )
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -28,10 +30,21 @@ from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device, maybe_all
 logger = logging.get_logger(__name__)
 
 TIMESTEP_INPUTS = ("sigma_x1000", "one_minus_sigma")
+# diffusers' flow-matching time scale: the model's `timestep` input is σ · TIMESTEP_SCALE.
+TIMESTEP_SCALE = 1000
+# The official time embedding: 256 sinusoidal frequencies of the raw time with a maximum period of 10 (not 10000).
+TIME_PROJ_DIM = 256
+TIME_EMBED_MAX_PERIOD = 10
+NORM_EPS = 1e-6
+IMAGENET_NUM_CLASSES = 1000
+# The text-to-image release's learned text positions (also its prompt length in tokens).
+RELEASE_MAX_TEXT_LENGTH = 300
+# Position tables (RoPE, pixel sin-cos) kept per (kind, sizes, device, dtype); a few resolutions at a time.
+POSITION_TABLE_CACHE_SIZE = 32
 
 # Architectures of the paper / official release. The class-conditional ones use the ImageNet release's time and
 # velocity conventions, the text-to-image one those of the T2I release (see `PixelDiTTransformer2DModel`).
-_C2I_RELEASE = {"timestep_input": "one_minus_sigma", "negate_output": True, "num_classes": 1000}
+_C2I_RELEASE = {"timestep_input": "one_minus_sigma", "negate_output": True, "num_classes": IMAGENET_NUM_CLASSES}
 PIXELDIT_PRESETS: dict[str, dict[str, Any]] = {
     "PixelDiT-B": {
         **_C2I_RELEASE,
@@ -69,7 +82,7 @@ PIXELDIT_PRESETS: dict[str, dict[str, Any]] = {
         "pixel_attention_head_dim": 72,
         "num_classes": None,
         "text_embed_dim": 2304,
-        "max_text_length": 300,
+        "max_text_length": RELEASE_MAX_TEXT_LENGTH,
     },
 }
 
@@ -102,19 +115,50 @@ def get_2d_interleaved_rotary_pos_embed(
     return angles.cos().repeat_interleave(2, dim=-1), angles.sin().repeat_interleave(2, dim=-1)
 
 
-def get_pixel_sincos_pos_embed(embed_dim: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """Fixed 2-D sin-cos embedding of every pixel, `(height * width, embed_dim)`, rows in raster order.
+def get_pixel_sincos_pos_embed(
+    embed_dim: int, height: int, width: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed 2-D sin-cos embedding of the pixels, as its two 1-D factors.
 
-    MAE-style: the first half encodes the column index, the second half the row index; computed in float64 where the
-    device supports it.
+    MAE-style: the embedding of the pixel in row r, column c is `cat([columns[c], rows[r]])` — the column index fills
+    the first half. Computed in float64 where the device supports it, returned in `dtype`.
+
+    Returns:
+        `(columns, rows)` of shapes `(width, embed_dim / 2)` and `(height, embed_dim / 2)`.
     """
-    dtype = maybe_adjust_dtype_for_device(torch.float64, device)
-    rows, cols = torch.meshgrid(
-        torch.arange(height, device=device, dtype=dtype),
-        torch.arange(width, device=device, dtype=dtype),
-        indexing="ij",
+    float_dtype = maybe_adjust_dtype_for_device(torch.float64, device)
+    columns, rows = (
+        get_1d_sincos_pos_embed_from_grid(embed_dim // 2, torch.arange(size, device=device, dtype=float_dtype))
+        for size in (width, height)
     )
-    return get_2d_sincos_pos_embed_from_grid(embed_dim, torch.stack([cols.reshape(-1), rows.reshape(-1)]))
+    return columns.to(dtype), rows.to(dtype)
+
+
+def get_text_rotary_pos_embed(
+    head_dim: int, length: int, theta: float, use_rope: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D RoPE over text positions `0 … length − 1` (identity rotations when `use_rope` is False); `(cos, sin)`,
+    each `(length, head_dim)`."""
+    if not use_rope:
+        ones = torch.ones(length, head_dim, device=device)
+        return ones, torch.zeros_like(ones)
+    positions = torch.arange(length, device=device, dtype=torch.float32)
+    return get_1d_rotary_pos_embed(head_dim, positions, theta=theta, use_real=True)
+
+
+@functools.lru_cache(maxsize=POSITION_TABLE_CACHE_SIZE)
+def _cached_position_table(make_table: Callable, *args):
+    # Built outside any inference-mode / autograd context, so that a table made while sampling can serve training.
+    with torch.inference_mode(False), torch.no_grad():
+        return make_table(*args)
+
+
+def position_table(make_table: Callable, *args):
+    """`make_table(*args)`, from a small bounded cache in eager mode; computed in the graph under `torch.compile`
+    (which then needs no guards on the cache). The tables are shared: never modify them in place."""
+    if torch.compiler.is_compiling():
+        return make_table(*args)
+    return _cached_position_table(make_table, *args)
 
 
 class PixelDiTAttnProcessor:
@@ -184,7 +228,7 @@ class PixelDiTAttention(nn.Module, AttentionModuleMixin):
         heads: int,
         dim_head: int,
         added_kv_proj_dim: int | None = None,
-        eps: float = 1e-6,
+        eps: float = NORM_EPS,
         processor=None,
     ):
         super().__init__()
@@ -221,9 +265,20 @@ class PixelDiTAttention(nn.Module, AttentionModuleMixin):
         return self.processor(self, hidden_states, encoder_hidden_states, rotary_emb)
 
 
-def _swiglu_feed_forward(dim: int, mlp_ratio: float) -> FeedForward:
-    # Llama-style SwiGLU width: two thirds of the nominal `dim * mlp_ratio`, e.g. 3072 for dim 1152.
-    return FeedForward(dim, inner_dim=int(2 * int(dim * mlp_ratio) / 3), activation_fn="swiglu", bias=False)
+def swiglu_hidden_dim(dim: int, mlp_ratio: float = 4.0, multiple_of: int = 0) -> int:
+    """Llama-style SwiGLU width: two thirds of the nominal `dim * mlp_ratio` (3072 for dim 1152), rounded up to a
+    multiple of `multiple_of` when it is positive (3413 → 3424 for dim 1280 and multiple 32)."""
+    hidden_dim = int(2 * int(dim * mlp_ratio) / 3)
+    if multiple_of > 0:
+        hidden_dim = math.ceil(hidden_dim / multiple_of) * multiple_of
+    return hidden_dim
+
+
+def swiglu_feed_forward(dim: int, mlp_ratio: float = 4.0, multiple_of: int = 0) -> FeedForward:
+    """The bias-free SwiGLU feed-forward of the patch-level blocks, `w2(silu(w1 x) · w3 x)`."""
+    return FeedForward(
+        dim, inner_dim=swiglu_hidden_dim(dim, mlp_ratio, multiple_of), activation_fn="swiglu", bias=False
+    )
 
 
 @maybe_allow_in_graph
@@ -232,10 +287,10 @@ class PixelDiTTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, mlp_ratio: float = 4.0):
         super().__init__()
-        self.norm1 = RMSNorm(dim, eps=1e-6)
+        self.norm1 = RMSNorm(dim, eps=NORM_EPS)
         self.attn = PixelDiTAttention(dim, num_attention_heads, attention_head_dim)
-        self.norm2 = RMSNorm(dim, eps=1e-6)
-        self.ff = _swiglu_feed_forward(dim, mlp_ratio)
+        self.norm2 = RMSNorm(dim, eps=NORM_EPS)
+        self.ff = swiglu_feed_forward(dim, mlp_ratio)
         self.adaln_modulation = nn.Linear(dim, 6 * dim)
 
     def forward(
@@ -257,13 +312,13 @@ class PixelDiTJointTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, mlp_ratio: float = 4.0):
         super().__init__()
-        self.norm1 = RMSNorm(dim, eps=1e-6)
-        self.norm1_context = RMSNorm(dim, eps=1e-6)
+        self.norm1 = RMSNorm(dim, eps=NORM_EPS)
+        self.norm1_context = RMSNorm(dim, eps=NORM_EPS)
         self.attn = PixelDiTAttention(dim, num_attention_heads, attention_head_dim, added_kv_proj_dim=dim)
-        self.norm2 = RMSNorm(dim, eps=1e-6)
-        self.norm2_context = RMSNorm(dim, eps=1e-6)
-        self.ff = _swiglu_feed_forward(dim, mlp_ratio)
-        self.ff_context = _swiglu_feed_forward(dim, mlp_ratio)
+        self.norm2 = RMSNorm(dim, eps=NORM_EPS)
+        self.norm2_context = RMSNorm(dim, eps=NORM_EPS)
+        self.ff = swiglu_feed_forward(dim, mlp_ratio)
+        self.ff_context = swiglu_feed_forward(dim, mlp_ratio)
         self.adaln_modulation = nn.Linear(dim, 6 * dim)
         self.adaln_modulation_context = nn.Linear(dim, 6 * dim)
 
@@ -317,11 +372,11 @@ class PixelDiTPixelBlock(nn.Module):
         super().__init__()
         pixels_per_patch = patch_size * patch_size
         attention_dim = num_attention_heads * attention_head_dim
-        self.norm1 = RMSNorm(pixel_dim, eps=1e-6)
+        self.norm1 = RMSNorm(pixel_dim, eps=NORM_EPS)
         self.compact = nn.Linear(pixels_per_patch * pixel_dim, attention_dim)
         self.attn = PixelDiTAttention(attention_dim, num_attention_heads, attention_head_dim)
         self.expand = nn.Linear(attention_dim, pixels_per_patch * pixel_dim)
-        self.norm2 = RMSNorm(pixel_dim, eps=1e-6)
+        self.norm2 = RMSNorm(pixel_dim, eps=NORM_EPS)
         self.ff = FeedForward(pixel_dim, inner_dim=int(pixel_dim * mlp_ratio), activation_fn="gelu")
         self.adaln_modulation = nn.Linear(cond_dim, 6 * pixels_per_patch * pixel_dim)
 
@@ -370,9 +425,10 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         pixel_num_attention_heads (`int`, *optional*), pixel_attention_head_dim (`int`, *optional*): the compacted
             pixel attention; default to the patch-level values.
         pixel_mlp_ratio (`float`, defaults to 4.0): MLP ratio of the pixel-level GELU feed-forward.
-        num_classes (`int`, *optional*, defaults to 1000): class-conditional model with `num_classes + 1` class
-            embeddings, the last one being the null (unconditional) class. Mutually exclusive with `text_embed_dim`.
-        text_embed_dim (`int`, *optional*): text-conditional (MM-DiT) model taking text-encoder states of this width.
+        num_classes (`int`, *optional*): class-conditional model with `num_classes + 1` class embeddings, the last
+            one being the null (unconditional) class; 1000 (ImageNet) when neither it nor `text_embed_dim` is given.
+        text_embed_dim (`int`, *optional*): text-conditional (MM-DiT) model taking text-encoder states of this width;
+            excludes `num_classes`.
         max_text_length (`int`, defaults to 300): learned text positions; longer text is cut to this length.
         use_text_rope (`bool`, defaults to True): 1-D RoPE on the text tokens.
         rope_theta (`float`, defaults to 10000.0): RoPE base (image and text).
@@ -400,9 +456,9 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         pixel_num_attention_heads: int | None = None,
         pixel_attention_head_dim: int | None = None,
         pixel_mlp_ratio: float = 4.0,
-        num_classes: int | None = 1000,
+        num_classes: int | None = None,
         text_embed_dim: int | None = None,
-        max_text_length: int = 300,
+        max_text_length: int = RELEASE_MAX_TEXT_LENGTH,
         use_text_rope: bool = True,
         rope_theta: float = 10000.0,
         rope_grid_extent: float = 16.0,
@@ -410,11 +466,14 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         negate_output: bool = True,
     ):
         super().__init__()
-        if (num_classes is None) == (text_embed_dim is None):
+        if num_classes is not None and text_embed_dim is not None:
             raise ValueError(
-                "Set exactly one of `num_classes` (class-conditional) and `text_embed_dim` (text-conditional); got "
+                "Set one of `num_classes` (class-conditional) and `text_embed_dim` (text-conditional), not both; got "
                 f"num_classes={num_classes}, text_embed_dim={text_embed_dim}."
             )
+        if num_classes is None and text_embed_dim is None:
+            num_classes = IMAGENET_NUM_CLASSES
+            self.register_to_config(num_classes=num_classes)
         if timestep_input not in TIMESTEP_INPUTS:
             raise ValueError(f"`timestep_input` must be one of {TIMESTEP_INPUTS}, got {timestep_input!r}.")
         pixel_num_attention_heads = pixel_num_attention_heads or num_attention_heads
@@ -430,10 +489,10 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         self.is_text_conditioned = text_embed_dim is not None
 
         self.patch_embed = nn.Linear(in_channels * patch_size * patch_size, self.inner_dim)
-        self.time_embed = TimestepEmbedding(256, self.inner_dim)
+        self.time_embed = TimestepEmbedding(TIME_PROJ_DIM, self.inner_dim)
         if self.is_text_conditioned:
             self.context_embedder = nn.Linear(text_embed_dim, self.inner_dim)
-            self.context_norm = RMSNorm(self.inner_dim, eps=1e-6)
+            self.context_norm = RMSNorm(self.inner_dim, eps=NORM_EPS)
             self.context_pos_embed = nn.Parameter(torch.randn(1, max_text_length, self.inner_dim))
             block_cls = PixelDiTJointTransformerBlock
         else:
@@ -457,7 +516,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
                 for _ in range(num_pixel_layers)
             ]
         )
-        self.norm_out = RMSNorm(pixel_embed_dim, eps=1e-6)
+        self.norm_out = RMSNorm(pixel_embed_dim, eps=NORM_EPS)
         self.proj_out = nn.Linear(pixel_embed_dim, in_channels)
 
         self.gradient_checkpointing = False
@@ -528,13 +587,25 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
                 f"`class_labels` must be integer ids of shape ({batch_size},), got {class_labels.dtype} "
                 f"{tuple(class_labels.shape)}."
             )
-        if not torch.compiler.is_compiling():
+        # A data-dependent check, made only where it costs no device synchronisation (the pipelines check ids first).
+        if class_labels.device.type == "cpu" and not torch.compiler.is_compiling():
             invalid = (class_labels < 0) | (class_labels > config.num_classes)
             if invalid.any():
                 raise ValueError(
                     f"Class ids must be in [0, {config.num_classes}] ({config.num_classes} is the null class); "
                     f"got {class_labels[invalid].tolist()}."
                 )
+
+    def _image_rotary_emb(self, head_dim: int, grid_height: int, grid_width: int, device: torch.device):
+        return position_table(
+            get_2d_interleaved_rotary_pos_embed,
+            head_dim,
+            grid_height,
+            grid_width,
+            self.config.rope_grid_extent,
+            self.config.rope_theta,
+            device,
+        )
 
     @apply_lora_scale("attention_kwargs")
     def forward(
@@ -572,38 +643,31 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
 
         timestep = timestep.float().expand(batch_size)
         if self.config.timestep_input == "one_minus_sigma":
-            timestep = 1 - timestep / 1000
-        time_proj = get_timestep_embedding(timestep, 256, flip_sin_to_cos=True, downscale_freq_shift=0, max_period=10)
+            timestep = 1 - timestep / TIMESTEP_SCALE
+        time_proj = get_timestep_embedding(
+            timestep, TIME_PROJ_DIM, flip_sin_to_cos=True, downscale_freq_shift=0, max_period=TIME_EMBED_MAX_PERIOD
+        )
         temb = self.time_embed(time_proj.to(hidden_states.dtype))  # (B, D)
 
         # Patch level: (B, C, H, W) -> (B, L, C·p²), channel-major within a patch.
         patches = hidden_states.reshape(batch_size, channels, grid_height, patch_size, grid_width, patch_size)
         patches = patches.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
         patch_tokens = self.patch_embed(patches)
-        rotary_emb = get_2d_interleaved_rotary_pos_embed(
-            self.config.attention_head_dim,
-            grid_height,
-            grid_width,
-            self.config.rope_grid_extent,
-            self.config.rope_theta,
-            device,
-        )
+        rotary_emb = self._image_rotary_emb(self.config.attention_head_dim, grid_height, grid_width, device)
 
         if self.is_text_conditioned:
             text = encoder_hidden_states[:, : self.config.max_text_length]
             text_length = text.shape[1]
             text_tokens = self.context_norm(self.context_embedder(text))
             text_tokens = text_tokens + self.context_pos_embed[:, :text_length].to(text_tokens.dtype)
-            if self.config.use_text_rope:
-                text_rotary_emb = get_1d_rotary_pos_embed(
-                    self.config.attention_head_dim,
-                    torch.arange(text_length, device=device, dtype=torch.float32),
-                    theta=self.config.rope_theta,
-                    use_real=True,
-                )
-            else:
-                ones = torch.ones(text_length, self.config.attention_head_dim, device=device)
-                text_rotary_emb = (ones, torch.zeros_like(ones))
+            text_rotary_emb = position_table(
+                get_text_rotary_pos_embed,
+                self.config.attention_head_dim,
+                text_length,
+                self.config.rope_theta,
+                self.config.use_text_rope,
+                device,
+            )
             joint_rotary_emb = tuple(torch.cat([t, i]) for t, i in zip(text_rotary_emb, rotary_emb))
             block_cond = F.silu(temb)
             for block in self.transformer_blocks:
@@ -624,21 +688,15 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
 
         # Pixel level: (B, C, H, W) -> (B, L, p², d) with pixels in raster order inside each patch.
         pixel_tokens = self.pixel_embed(hidden_states.permute(0, 2, 3, 1))
-        pos_embed = get_pixel_sincos_pos_embed(self.config.pixel_embed_dim, height, width, device)
-        pixel_tokens = pixel_tokens + pos_embed.to(pixel_tokens.dtype).view(height, width, -1)
+        columns, rows = position_table(
+            get_pixel_sincos_pos_embed, self.config.pixel_embed_dim, height, width, device, pixel_tokens.dtype
+        )
+        pos_embed = torch.cat([columns.expand(height, -1, -1), rows[:, None].expand(-1, width, -1)], dim=-1)
+        pixel_tokens = pixel_tokens + pos_embed
         pixel_tokens = pixel_tokens.unflatten(1, (grid_height, patch_size)).unflatten(3, (grid_width, patch_size))
         pixel_tokens = pixel_tokens.transpose(2, 3).flatten(3, 4).flatten(1, 2)
-        if self.config.pixel_attention_head_dim in (None, self.config.attention_head_dim):
-            pixel_rotary_emb = rotary_emb
-        else:
-            pixel_rotary_emb = get_2d_interleaved_rotary_pos_embed(
-                self.config.pixel_attention_head_dim,
-                grid_height,
-                grid_width,
-                self.config.rope_grid_extent,
-                self.config.rope_theta,
-                device,
-            )
+        pixel_head_dim = self.config.pixel_attention_head_dim or self.config.attention_head_dim
+        pixel_rotary_emb = self._image_rotary_emb(pixel_head_dim, grid_height, grid_width, device)
         for block in self.pixel_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 pixel_tokens = self._gradient_checkpointing_func(block, pixel_tokens, pixel_cond, pixel_rotary_emb)
