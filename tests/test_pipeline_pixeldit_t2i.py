@@ -116,6 +116,17 @@ def test_encode_prompt_follows_the_release():
     assert torch.equal(negative_mask, tokens.attention_mask)
 
 
+def test_a_left_padding_tokenizer_encodes_as_the_release():
+    # The release pads on the right (it keeps token 0 and the last tokens); the tokenizer's own side does not matter.
+    pipe = tiny_pipeline()
+    expected = pipe.encode_prompt(["a cat", "a red dog"], negative_prompt="a sign", max_sequence_length=12)
+    pipe.tokenizer.padding_side = "left"
+    encoded = pipe.encode_prompt(["a cat", "a red dog"], negative_prompt="a sign", max_sequence_length=12)
+    for left, right in zip(encoded, expected):
+        assert torch.equal(left, right)
+    assert pipe.tokenizer.padding_side == "left"  # the user's tokenizer is left as it was
+
+
 def test_prompts_are_stripped_and_size_hints_cut_but_not_lowercased():
     pipe = tiny_pipeline()
     encode = lambda prompt: pipe.encode_prompt(prompt, False, max_sequence_length=12)[0]  # noqa: E731

@@ -4,7 +4,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from diffusers_pixeldit import PixelDiTFlowScheduler
-from diffusers_pixeldit.pipelines.sampling import check_guidance_interval, in_guidance_interval
+from diffusers_pixeldit.pipelines.denoising import check_guidance_interval, in_guidance_interval
 
 
 def guided_steps(scheduler, interval):
@@ -46,6 +46,17 @@ def test_grid_is_the_official_shifted_float32_grid():
     euler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     euler.set_timesteps(sigmas=np.linspace(1.0, 1 / 8, 8))
     torch.testing.assert_close(euler.sigmas.double(), scheduler.sigmas, rtol=0, atol=2e-7)
+
+
+def test_no_float64_on_the_device():
+    # Devices without float64 (MPS): the exact float64 σ grid stays on the CPU; what the step uses is float32.
+    scheduler = PixelDiTFlowScheduler(shift=2.0)
+    scheduler.set_timesteps(4, device="meta")
+    assert scheduler.sigmas.device.type == "cpu" and scheduler.sigmas.dtype == torch.float64
+    assert scheduler.timesteps.device.type == "meta" and scheduler.timesteps.dtype == torch.float32
+    scheduler.set_begin_index(0)
+    sample = torch.empty(1, 3, 4, 4, device="meta")
+    assert scheduler.step(sample, scheduler.timesteps[0], sample).prev_sample.device.type == "meta"
 
 
 def test_shift_takes_effect_and_round_trips(tmp_path):

@@ -1,4 +1,5 @@
-from .pipeline_pixeldit import PixelDiTPipeline, imagenet_id2label
+from .class_labels import imagenet_id2label
+from .pipeline_pixeldit import PixelDiTPipeline
 from .pipeline_pixeldit_t2i import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTT2IPipeline
 
 

@@ -1,18 +1,17 @@
 # Copyright 2026 The diffusers-pixeldit authors. Licensed under the Apache License, Version 2.0.
 """Text-to-image PixelDiT pipeline (PixelDiT-1300M release)."""
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import replace_example_docstring
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..models import PixelDiTTransformer2DModel
-from .sampling import check_guidance_interval, in_guidance_interval, scheduler_with_shift, set_flow_timesteps
+from ..models.transformer_pixeldit import RELEASE_MAX_TEXT_LENGTH
+from .denoising import PixelDiTDenoisingMixin, StepEndCallback, check_guidance_interval, document_sampling_arguments
 
 
 EXAMPLE_DOC_STRING = """
@@ -54,12 +53,13 @@ def clean_prompt(prompt: str) -> str:
     return prompt.strip()
 
 
-class PixelDiTT2IPipeline(DiffusionPipeline):
+class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin):
     r"""
     Text-to-image generation with PixelDiT, directly in pixel space.
 
     Args:
-        tokenizer (`PreTrainedTokenizerBase`): tokenizer of the text encoder (padding on the right).
+        tokenizer (`PreTrainedTokenizerBase`): tokenizer of the text encoder (prompts are always padded on the
+            right, as the release encodes them, whatever the tokenizer's own `padding_side`).
         text_encoder (`PreTrainedModel`): a transformers text encoder whose output width is the transformer's
             `text_embed_dim` (the release uses the Gemma-2-2B-it decoder); its last hidden states are used.
         transformer ([`PixelDiTTransformer2DModel`]): a text-conditional PixelDiT.
@@ -100,8 +100,14 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=1)
 
     def _encode_text(self, texts: list[str], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Right padding: the release keeps token 0 and the last tokens of each prompt (see `encode_prompt`).
         tokens = self.tokenizer(
-            texts, max_length=max_length, padding="max_length", truncation=True, return_tensors="pt"
+            texts,
+            max_length=max_length,
+            padding="max_length",
+            padding_side="right",
+            truncation=True,
+            return_tensors="pt",
         ).to(device)
         embeds = self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
         return embeds, tokens.attention_mask
@@ -129,7 +135,8 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
         without the CHI, to `max_sequence_length` tokens. The attention masks are returned for completeness; the
         PixelDiT transformer attends to every token, as the official model.
 
-        `max_sequence_length` defaults to the transformer's `max_text_length` (300 without a transformer);
+        `max_sequence_length` defaults to the transformer's `max_text_length` (the release's 300 without a
+        transformer);
         `complex_human_instruction` to the pipeline config's (pass `[]` for none).
 
         Returns:
@@ -178,30 +185,17 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
 
     @property
     def _default_max_sequence_length(self) -> int:
-        return self.transformer.config.max_text_length if self.transformer is not None else 300
+        return self.transformer.config.max_text_length if self.transformer is not None else RELEASE_MAX_TEXT_LENGTH
 
     def check_inputs(
         self,
         prompt,
-        height,
-        width,
-        guidance_interval,
         negative_prompt,
-        callback_on_step_end_tensor_inputs,
         prompt_embeds,
         negative_prompt_embeds,
         prompt_attention_mask,
         negative_prompt_attention_mask,
     ):
-        patch_size = self.transformer.config.patch_size
-        if height % patch_size or width % patch_size:
-            raise ValueError(
-                f"`height` and `width` must be multiples of the patch size {patch_size}, got {height}x{width}."
-            )
-        check_guidance_interval(guidance_interval)
-        unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"Callback tensor inputs {unknown} are not in {self._callback_tensor_inputs}.")
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`.")
         if prompt is not None and not isinstance(prompt, (str, list)):
@@ -223,50 +217,21 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
                     "`prompt_attention_mask` and `negative_prompt_attention_mask` must have the same shape."
                 )
 
-    def prepare_latents(self, batch_size, height, width, device, generator, latents=None) -> torch.Tensor:
-        shape = (batch_size, self.transformer.config.in_channels, height, width)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"{len(generator)} generators were given for a batch of {batch_size} images.")
-        if latents is None:
-            return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        if tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
-        return latents.to(device=device, dtype=torch.float32)
-
-    @property
-    def guidance_scale(self):
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self):
-        return self._guidance_scale > 1
-
-    @property
-    def attention_kwargs(self):
-        return self._attention_kwargs
-
-    @property
-    def num_timesteps(self):
-        return self._num_timesteps
-
-    @property
-    def interrupt(self):
-        return self._interrupt
-
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
+    @document_sampling_arguments
     def __call__(
         self,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = "",
-        height: int | None = None,
-        width: int | None = None,
         num_inference_steps: int | None = None,
         sigmas: list[float] | None = None,
         guidance_scale: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
         shift: float | None = None,
         num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -276,10 +241,7 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: Callable[[int, int, dict], None]
-        | PipelineCallback
-        | MultiPipelineCallbacks
-        | None = None,
+        callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int | None = None,
         complex_human_instruction: list[str] | None = None,
@@ -290,50 +252,27 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
         Args:
             prompt (`str` or `list[str]`, *optional*): the prompts (or pass `prompt_embeds`).
             negative_prompt (`str` or `list[str]`, defaults to `""`): the unconditional branch's prompt.
-            height (`int`, *optional*), width (`int`, *optional*): image size in pixels, multiples of the patch size;
-                default `transformer.config.sample_size`.
-            num_inference_steps (`int`, *optional*): number of sampling steps; default from the pipeline config.
-            sigmas (`list[float]`, *optional*): custom unshifted noise levels, for schedulers that accept them.
-            guidance_scale (`float`, *optional*): classifier-free guidance scale; default from the pipeline config.
-            guidance_interval (`tuple[float, float]`, *optional*): `(low, high)` in the model-card time t = 1 − σ
-                (0 = noise, 1 = image): guidance applies while `low < t < high`; outside it only the conditional
-                branch runs. Default from the pipeline config.
-            shift (`float`, *optional*): timeshift (flow shift) for this call.
-            num_images_per_prompt (`int`, defaults to 1): images per prompt.
-            generator (`torch.Generator` or a list, one per image, *optional*): for reproducible noise.
-            latents (`torch.Tensor` of shape `(B, C, H, W)`, *optional*): the initial noise.
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
                 (`torch.Tensor`, *optional*): pre-computed `encode_prompt` outputs.
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (in [0, 1]), or `"latent"` (the
-                raw [-1, 1] pixels).
-            return_dict (`bool`, defaults to True): return an `ImagePipelineOutput` instead of a tuple.
-            attention_kwargs (`dict`, *optional*): passed to the transformer (e.g. `{"scale": 0.5}` for LoRA).
-            callback_on_step_end (`Callable`, *optional*): called after each step as
-                `callback_on_step_end(self, i, t, callback_kwargs)`; tensors it returns replace the pipeline's.
-            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): tensors passed to it.
             max_sequence_length (`int`, *optional*): text tokens per prompt; defaults to the transformer's
                 `max_text_length` (300 for the release).
             complex_human_instruction (`list[str]`, *optional*): the instruction prefix lines; defaults to the
                 pipeline config's (the release's), `[]` disables it.
+            {sampling_arguments}
 
         Examples:
 
         Returns:
-            [`~pipelines.ImagePipelineOutput`] or `tuple`: the generated images.
+            [`~pipelines.ImagePipelineOutput`] or `tuple`: the images, `num_images_per_prompt` per prompt.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        height = height or self.transformer.config.sample_size
-        width = width or self.transformer.config.sample_size
-        num_inference_steps = num_inference_steps or self.config.default_num_inference_steps
-        guidance_interval = guidance_interval or self.config.default_guidance_interval
+        height, width, num_inference_steps, guidance_interval = self.sampling_arguments(
+            height, width, num_inference_steps, guidance_interval, callback_on_step_end_tensor_inputs
+        )
         self.check_inputs(
-            prompt, height, width, guidance_interval, negative_prompt, callback_on_step_end_tensor_inputs,
-            prompt_embeds, negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask,
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+            negative_prompt_attention_mask,
         )  # fmt: skip
-        self._guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
-        self._attention_kwargs = attention_kwargs
-        self._interrupt = False
+        self._start_call(guidance_scale, attention_kwargs)
         device = self._execution_device
 
         prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
@@ -351,54 +290,18 @@ class PixelDiTT2IPipeline(DiffusionPipeline):
                 complex_human_instruction=complex_human_instruction,
             )
         )
-        batch_size = prompt_embeds.shape[0]
-        latents = self.prepare_latents(batch_size, height, width, device, generator, latents)
-
-        scheduler = scheduler_with_shift(self.scheduler, shift)
-        timesteps, step_sigmas = set_flow_timesteps(scheduler, num_inference_steps, device, sigmas)
-        num_warmup_steps = max(len(timesteps) - num_inference_steps * scheduler.order, 0)
-        self._num_timesteps = len(timesteps)
+        latents = self.prepare_latents(prompt_embeds.shape[0], height, width, device, generator, latents)
         model_dtype = self.transformer.dtype
 
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                sigma = step_sigmas[i]
-                guided = self.do_classifier_free_guidance and in_guidance_interval(sigma, guidance_interval)
-                model_input = torch.cat([latents, latents]) if guided else latents
-                context = torch.cat([negative_prompt_embeds, prompt_embeds]) if guided else prompt_embeds
-                timestep = (sigma * scheduler.config.num_train_timesteps).float().expand(model_input.shape[0])
-                velocity = self.transformer(
-                    hidden_states=model_input.to(model_dtype),
-                    timestep=timestep.to(device),
-                    encoder_hidden_states=context.to(model_dtype),
-                    attention_kwargs=self.attention_kwargs,
-                    return_dict=False,
-                )[0].float()
-                if guided:
-                    velocity_uncond, velocity_cond = velocity.chunk(2)
-                    velocity = velocity_uncond + self.guidance_scale * (velocity_cond - velocity_uncond)
-                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        def model_inputs(state, guided):
+            embeds = state["prompt_embeds"]
+            if guided:
+                embeds = torch.cat([state["negative_prompt_embeds"], embeds])
+            return {"encoder_hidden_states": embeds.to(model_dtype)}
 
-                if callback_on_step_end is not None:
-                    callback_kwargs = {}
-                    for k in callback_on_step_end_tensor_inputs:
-                        callback_kwargs[k] = locals()[k]
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                    negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
-
-                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % scheduler.order == 0):
-                    progress_bar.update()
-
-        if output_type == "latent":
-            image = latents
-        else:
-            image = self.image_processor.postprocess(latents, output_type=output_type)
-        self.maybe_free_model_hooks()
-
-        if not return_dict:
-            return (image,)
-        return ImagePipelineOutput(images=image)
+        state = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+        latents = self.denoise(
+            state, model_inputs, device, num_inference_steps, guidance_interval, sigmas, shift,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        return self.postprocess(latents, output_type, return_dict)

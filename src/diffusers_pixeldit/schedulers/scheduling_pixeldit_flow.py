@@ -28,8 +28,9 @@ class PixelDiTFlowScheduler(SchedulerMixin, ConfigMixin):
 
     The grid is the official one, built in float32 in the data-time `t = 1 − σ`: `t_i = linspace(0, 1 − 1/N, N)`, then
     1.0 appended, then the timeshift `t' = t / (t + (1 − t) · shift)` (σ' = shift·σ / (1 + (shift − 1)·σ)). The
-    `sigmas` are `1 − t'` held in float64, which is exact, so that step sizes and the strict CFG-interval tests
-    `lo < 1 − σ < hi` reproduce the official float32 decisions on grid points. `timesteps` are σ·1000 (float32).
+    `sigmas` are `1 − t'` held in float64 on the CPU (as diffusers' schedulers keep theirs; devices without float64,
+    such as MPS, never hold them), which is exact, so that the strict CFG-interval tests `lo < 1 − σ < hi` reproduce
+    the official float32 decisions on grid points. `timesteps` (σ·1000) and the step sizes are float32 on `device`.
 
     Args:
         num_train_timesteps (`int`, defaults to 1000): scale of the model's time input (`timestep = σ · 1000`).
@@ -97,8 +98,8 @@ class PixelDiTFlowScheduler(SchedulerMixin, ConfigMixin):
         data_time = data_time / (data_time + (1 - data_time) * self.shift)
 
         self.num_inference_steps = len(data_time) - 1
-        self.sigmas = (1 - data_time.double()).to(device)
-        self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).float()
+        self.sigmas = 1 - data_time.double()
+        self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).float().to(device)
         self._step_sizes = (data_time[1:] - data_time[:-1]).to(device)  # float32 dt of the official sampler
         self._step_index = None
         self._begin_index = None
