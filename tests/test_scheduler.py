@@ -17,7 +17,7 @@ def guided_steps(scheduler, interval):
      (10, (0.1, 0.9), 2, 8)],
 )  # fmt: skip
 def test_cfg_interval_decisions_match_the_official_float32_grid(num_steps, interval, first, last):
-    # The guided step indices the official C2I sampler produces with shift 1 (SPEC.md §5).
+    # The guided step indices the official C2I sampler produces with shift 1 (its float32 grid and strict tests).
     scheduler = PixelDiTFlowScheduler(shift=1.0)
     scheduler.set_timesteps(num_steps)
     assert guided_steps(scheduler, interval) == list(range(first, last + 1))

@@ -7,7 +7,7 @@ PIL's bilinear filter (one channel); pixels map to [-1, 1] for the models.
 
 Quality: a classifier fitted on the training split (PCA + RBF SVM) judges generated digits: accuracy against the
 requested class, and the Fréchet distance between its PCA features of generated and held-out real digits.
-scikit-learn is only needed for the data and the metric (`pip install diffusers-pixeldit[training]`).
+scikit-learn and SciPy are only needed for the data and the metric (`pip install diffusers-pixeldit[digits]`).
 """
 
 from importlib import resources

@@ -5,7 +5,8 @@ from diffusers import DPMSolverMultistepScheduler
 
 
 # The PixelDiT-1300M release samples with Sana's DPM-Solver++ (2M, flow): this `DPMSolverMultistepScheduler`
-# configuration has the same grid and update (SPEC §5); the flow shift is the one setting that varies (4.0 at 1024 px).
+# configuration has the same grid and update (checked against the official outputs in the tests); the flow shift is
+# the one setting that varies (4.0 at 1024 px).
 T2I_RELEASE_DPM_SOLVER_CONFIG = {
     "use_flow_sigmas": True,
     "prediction_type": "flow_prediction",
