@@ -143,3 +143,67 @@ def tiny_text_components(width: int = 8, seed: int = 0):
         max_position_embeddings=512,
     )
     return tokenizer, Gemma2Model(config).eval()
+
+
+def load_pixeldit2_fixture(name: str = "pixeldit2_tiny"):
+    """(model state dict (EMA), grounding encoder (a transformers DINOv3ViTModel), cases, meta) of a PixelDiT2
+    official-output fixture; the tensors hold nothing the model config needs beyond `meta["official_config"]`."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from diffusers_pixeldit.conversion import timm_dinov3_to_transformers_state_dict
+
+    meta = json.loads((FIXTURES / name / "meta.json").read_text())
+    checkpoint = torch.load(FIXTURES / name / meta["checkpoint"], map_location="cpu", weights_only=True)
+    prefix = "ema_denoiser."
+    state_dict = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    encoder_config = json.loads((FIXTURES / name / "grounding_encoder_config.json").read_text())
+    encoder = DINOv3ViTModel(DINOv3ViTConfig(**encoder_config["transformers_DINOv3ViTConfig"])).eval()
+    timm_weights = load_file(FIXTURES / name / "grounding_encoder_timm.safetensors")
+    encoder.load_state_dict(timm_dinov3_to_transformers_state_dict(timm_weights), strict=True)
+    return state_dict, encoder, load_file(FIXTURES / name / "cases.safetensors"), meta
+
+
+def pixeldit2_settings(official_config: dict) -> dict:
+    """Our config entries for the official PixelDiT2 constructor arguments the tensors do not determine."""
+    return {
+        "in_context_start": official_config["in_context_start"],
+        "silu_conditioning": not official_config["single_silu_cond"],
+    }
+
+
+def pixeldit2_from_official(state_dict, official_config: dict, **overrides):
+    from diffusers_pixeldit import transformer_from_official_state_dict
+
+    model = transformer_from_official_state_dict(state_dict, **pixeldit2_settings(official_config), **overrides)
+    return model.eval()
+
+
+def tiny_dinov3(hidden_size: int = 16, seed: int = 0, **config):
+    """A tiny random DINOv3 ViT (patch 16, 4 register tokens) built offline."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    torch.manual_seed(seed)
+    config = {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_register_tokens": 4, **config}  # fmt: skip
+    return DINOv3ViTModel(DINOv3ViTConfig(**config)).eval()
+
+
+TINY_PIXELDIT2 = dict(
+    sample_size=32,
+    patch_size=8,
+    num_layers=3,
+    num_attention_heads=2,
+    attention_head_dim=8,
+    num_classes=5,
+    in_context_length=2,
+    in_context_start=1,
+    grounding_embed_dim=16,
+    grounding_num_attention_heads=2,
+)
+
+
+def tiny_pixeldit2(seed: int = 0, **overrides):
+    from diffusers_pixeldit import PixelDiT2Transformer2DModel
+
+    torch.manual_seed(seed)
+    return randomize_(PixelDiT2Transformer2DModel(**{**TINY_PIXELDIT2, **overrides}), seed).eval()

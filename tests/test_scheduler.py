@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from pixeldit_testing import FIXTURES
 
 from diffusers_pixeldit import PixelDiTFlowScheduler
 from diffusers_pixeldit.pipelines.denoising import check_guidance_interval, in_guidance_interval
@@ -99,7 +102,9 @@ def test_custom_sigmas_and_invalid_arguments():
     scheduler.set_timesteps(sigmas=[1.0, 0.5, 0.25])
     torch.testing.assert_close(scheduler.sigmas, torch.tensor([1.0, 0.5, 0.25, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="`solver` must be one of"):
-        PixelDiTFlowScheduler(solver="heun")
+        PixelDiTFlowScheduler(solver="dpm")
+    with pytest.raises(ValueError, match="`time_grid` must be one of"):
+        PixelDiTFlowScheduler(time_grid="cosine")
     with pytest.raises(ValueError, match="positive"):
         PixelDiTFlowScheduler(shift=0.0)
     with pytest.raises(ValueError, match="positive integer"):
@@ -110,3 +115,39 @@ def test_custom_sigmas_and_invalid_arguments():
         PixelDiTFlowScheduler().step(torch.zeros(1), 1000.0, torch.zeros(1))
     with pytest.raises(ValueError, match="low <= high"):
         check_guidance_interval((0.9, 0.1))
+
+
+def test_uniform_grid_is_the_pixeldit2_float32_grid():
+    # PixelDiT2: linspace(0, 1, N + 1) in float32 with no timeshift (the fixture's own grid)
+    meta = json.loads((FIXTURES / "pixeldit2_tiny" / "meta.json").read_text())
+    scheduler = PixelDiTFlowScheduler(solver="euler", time_grid="uniform")
+    scheduler.set_timesteps(meta["sampler"]["num_steps"])
+    assert torch.equal((1 - scheduler.sigmas).float(), torch.tensor(meta["time_grid"]))
+    assert torch.equal(1 - scheduler.sigmas, torch.linspace(0.0, 1.0, 25).double())
+    shifted = PixelDiTFlowScheduler(solver="euler", time_grid="uniform", shift=2.0)
+    shifted.set_timesteps(24)
+    assert (shifted.sigmas[1:-1] > scheduler.sigmas[1:-1]).all()
+
+
+def test_heun_step_rule_with_a_final_euler_step():
+    scheduler = PixelDiTFlowScheduler(solver="heun", time_grid="uniform")
+    scheduler.set_timesteps(3)
+    t = torch.linspace(0.0, 1.0, 4)
+    # one entry per model evaluation: t0, t1 (corrector), t1, t2 (corrector), t2 (final Euler)
+    assert scheduler.order == 2 and len(scheduler.timesteps) == 5
+    assert torch.equal(scheduler.timesteps, ((1 - t[[0, 1, 1, 2, 2]].double()) * 1000).float())
+    assert torch.equal(scheduler.sigmas, 1 - t[[0, 1, 1, 2, 2, 3]].double())
+    x = torch.randn(2, 3, 4, 4)
+    velocities = [torch.randn(2, 3, 4, 4) for _ in range(5)]
+    sample, expected, start = x, x, x
+    for k, (timestep, velocity) in enumerate(zip(scheduler.timesteps, velocities)):
+        sample = scheduler.step(velocity, timestep, sample).prev_sample
+        i, corrector = divmod(k, 2)
+        dt = t[i + 1] - t[i]
+        # official (v_official = −velocity): x + dt·v, then x + dt·0.5·(v + v_next) from the start of the step
+        if corrector:
+            expected = start + dt * 0.5 * (-velocities[k - 1] - velocity)
+        else:
+            start = expected
+            expected = start + dt * -velocity
+        assert torch.equal(sample, expected), k

@@ -27,9 +27,12 @@ def run(model, **inputs):
 # ---------------------------------------------------------------- parity with the official implementation
 
 
-def test_official_fixture_c2i_forward():
-    state_dict, cases, meta = load_official_fixture("c2i_tiny")
+@pytest.mark.parametrize("fixture", ["c2i_tiny", "c2i_postmod_tiny"])
+def test_official_fixture_c2i_forward(fixture):
+    state_dict, cases, meta = load_official_fixture(fixture)
     model = model_from_official(state_dict)
+    # the post-modulation pixel blocks are read from the modulation width
+    assert model.config.pixel_post_modulation == meta["official_config"].get("pit_adaln_post_modulation", False)
     t_official = cases["forward.t_official"]  # C2I time, t = 0 is noise
     out = run(
         model,

@@ -12,7 +12,15 @@ from .conversion import (
     official_to_diffusers_state_dict,
     transformer_from_official_state_dict,
 )
-from .models import PIXELDIT_PRESETS, PixelDiTAttention, PixelDiTAttnProcessor, PixelDiTTransformer2DModel
+from .models import (
+    PIXELDIT2_PRESETS,
+    PIXELDIT_PRESETS,
+    PixelDiT2Transformer2DModel,
+    PixelDiTAttention,
+    PixelDiTAttnProcessor,
+    PixelDiTTransformer2DModel,
+    encode_grounding,
+)
 from .pipelines import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTPipeline, PixelDiTT2IPipeline, imagenet_id2label
 from .schedulers import T2I_RELEASE_DPM_SOLVER_CONFIG, PixelDiTFlowScheduler, release_dpm_solver_scheduler
 
@@ -31,8 +39,10 @@ pipeline_loading_utils.LOADABLE_CLASSES.setdefault(
 )
 
 __all__ = [
+    "PIXELDIT2_PRESETS",
     "PIXELDIT_COMPLEX_HUMAN_INSTRUCTION",
     "PIXELDIT_PRESETS",
+    "PixelDiT2Transformer2DModel",
     "PixelDiTAttention",
     "PixelDiTAttnProcessor",
     "PixelDiTFlowScheduler",
@@ -41,6 +51,7 @@ __all__ = [
     "PixelDiTTransformer2DModel",
     "T2I_RELEASE_DPM_SOLVER_CONFIG",
     "diffusers_to_official_state_dict",
+    "encode_grounding",
     "imagenet_id2label",
     "infer_config_from_official_state_dict",
     "load_official_checkpoint",

@@ -26,7 +26,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from safetensors.torch import load_file
 
-from .models import PIXELDIT_PRESETS, PixelDiTTransformer2DModel
+from .models import PIXELDIT2_PRESETS, PIXELDIT_PRESETS, PixelDiT2Transformer2DModel, PixelDiTTransformer2DModel
+from .models.transformer_pixeldit import swiglu_hidden_dim
 from .schedulers import PixelDiTFlowScheduler, release_dpm_solver_scheduler
 
 
@@ -44,10 +45,42 @@ def _rename(official: str, ours: str) -> _Rule:
     return _Rule((official,), (ours,))
 
 
-_COMMON_RULES = [
-    _rename("s_embedder.proj", "patch_embed"),
+def _attention_rules(official: str, ours: str) -> list[_Rule]:
+    """A fused-qkv rotary attention (`official` = e.g. "pixel_blocks.#.attn")."""
+    return [
+        _Rule((f"{official}.qkv",), tuple(f"{ours}.to_{x}" for x in "qkv")),
+        _rename(f"{official}.q_norm", f"{ours}.norm_q"),
+        _rename(f"{official}.k_norm", f"{ours}.norm_k"),
+        _rename(f"{official}.proj", f"{ours}.to_out.0"),
+    ]
+
+
+def _swiglu_rules(official: str, ours: str) -> list[_Rule]:
+    """An official SwiGLU (`w1` gate, `w3` up, `w2` down) <-> diffusers' `FeedForward("swiglu")`."""
+    return [
+        _Rule((f"{official}.w1", f"{official}.w3"), (f"{ours}.net.0.proj",)),
+        _rename(f"{official}.w2", f"{ours}.net.2"),
+    ]
+
+
+def _dit_block_rules(official: str, ours: str, modulation: str) -> list[_Rule]:
+    """An adaLN DiT block with RMSNorms, rotary attention and a SwiGLU; `modulation` is the adaLN linear's name."""
+    return [
+        _rename(f"{official}.{modulation}", f"{ours}.adaln_modulation"),
+        _rename(f"{official}.norm1", f"{ours}.norm1"),
+        _rename(f"{official}.norm2", f"{ours}.norm2"),
+        *_attention_rules(f"{official}.attn", f"{ours}.attn"),
+        *_swiglu_rules(f"{official}.mlp", f"{ours}.ff"),
+    ]
+
+
+_TIME_EMBED_RULES = [
     _rename("t_embedder.mlp.0", "time_embed.linear_1"),
     _rename("t_embedder.mlp.2", "time_embed.linear_2"),
+]
+_COMMON_RULES = [
+    _rename("s_embedder.proj", "patch_embed"),
+    *_TIME_EMBED_RULES,
     _rename("pixel_embedder.proj", "pixel_embed"),
     _rename("final_layer.norm", "norm_out"),
     _rename("final_layer.linear", "proj_out"),
@@ -56,24 +89,13 @@ _COMMON_RULES = [
     _rename("pixel_blocks.#.norm2", "pixel_blocks.#.norm2"),
     _rename("pixel_blocks.#.compress_to_attn", "pixel_blocks.#.compact"),
     _rename("pixel_blocks.#.expand_from_attn", "pixel_blocks.#.expand"),
-    _Rule(("pixel_blocks.#.attn.qkv",), tuple(f"pixel_blocks.#.attn.to_{x}" for x in "qkv")),
-    _rename("pixel_blocks.#.attn.q_norm", "pixel_blocks.#.attn.norm_q"),
-    _rename("pixel_blocks.#.attn.k_norm", "pixel_blocks.#.attn.norm_k"),
-    _rename("pixel_blocks.#.attn.proj", "pixel_blocks.#.attn.to_out.0"),
+    *_attention_rules("pixel_blocks.#.attn", "pixel_blocks.#.attn"),
     _rename("pixel_blocks.#.mlp.fc1", "pixel_blocks.#.ff.net.0.proj"),
     _rename("pixel_blocks.#.mlp.fc2", "pixel_blocks.#.ff.net.2"),
 ]
 _CLASS_CONDITIONAL_RULES = [
     _rename("y_embedder.embedding_table", "class_embed"),
-    _rename("patch_blocks.#.adaLN_modulation.0", "transformer_blocks.#.adaln_modulation"),
-    _rename("patch_blocks.#.norm1", "transformer_blocks.#.norm1"),
-    _rename("patch_blocks.#.norm2", "transformer_blocks.#.norm2"),
-    _Rule(("patch_blocks.#.attn.qkv",), tuple(f"transformer_blocks.#.attn.to_{x}" for x in "qkv")),
-    _rename("patch_blocks.#.attn.q_norm", "transformer_blocks.#.attn.norm_q"),
-    _rename("patch_blocks.#.attn.k_norm", "transformer_blocks.#.attn.norm_k"),
-    _rename("patch_blocks.#.attn.proj", "transformer_blocks.#.attn.to_out.0"),
-    _Rule(("patch_blocks.#.mlp.w1", "patch_blocks.#.mlp.w3"), ("transformer_blocks.#.ff.net.0.proj",)),
-    _rename("patch_blocks.#.mlp.w2", "transformer_blocks.#.ff.net.2"),
+    *_dit_block_rules("patch_blocks.#", "transformer_blocks.#", "adaLN_modulation.0"),
 ]
 _TEXT_CONDITIONAL_RULES = [
     _rename("y_embedder.proj", "context_embedder"),
@@ -92,17 +114,61 @@ _TEXT_CONDITIONAL_RULES = [
     _rename("patch_blocks.#.attn.k_norm_y", "transformer_blocks.#.attn.norm_added_k"),
     _rename("patch_blocks.#.attn.proj_x", "transformer_blocks.#.attn.to_out.0"),
     _rename("patch_blocks.#.attn.proj_y", "transformer_blocks.#.attn.to_add_out"),
-    _Rule(("patch_blocks.#.mlp_x.w1", "patch_blocks.#.mlp_x.w3"), ("transformer_blocks.#.ff.net.0.proj",)),
-    _rename("patch_blocks.#.mlp_x.w2", "transformer_blocks.#.ff.net.2"),
-    _Rule(("patch_blocks.#.mlp_y.w1", "patch_blocks.#.mlp_y.w3"), ("transformer_blocks.#.ff_context.net.0.proj",)),
-    _rename("patch_blocks.#.mlp_y.w2", "transformer_blocks.#.ff_context.net.2"),
+    *_swiglu_rules("patch_blocks.#.mlp_x", "transformer_blocks.#.ff"),
+    *_swiglu_rules("patch_blocks.#.mlp_y", "transformer_blocks.#.ff_context"),
 ]
-# Parameters that sit directly on the model (no module path).
-_TOP_LEVEL_PARAMETERS = {"y_pos_embedding": "context_pos_embed"}
+_GROUNDING_PROJECTION = "dino_conditioner.dino_proj"
+_PIXELDIT2_RULES = [
+    _rename("s_embedder.proj", "patch_embed"),
+    *_TIME_EMBED_RULES,
+    _rename("y_embedder.embedding_table", "class_embed"),
+    *_dit_block_rules("patch_blocks.#", "transformer_blocks.#", "adaLN_modulation.1"),
+    _rename("final_layer.norm", "norm_out"),
+    _rename("final_layer.adaLN_modulation.1", "norm_out_modulation"),
+    _rename("final_layer.linear", "proj_out"),
+    _rename(f"{_GROUNDING_PROJECTION}.input_proj", "grounding_proj.proj_in"),
+    _rename(f"{_GROUNDING_PROJECTION}.t_embedder.mlp.0", "grounding_proj.time_embed.linear_1"),
+    _rename(f"{_GROUNDING_PROJECTION}.t_embedder.mlp.2", "grounding_proj.time_embed.linear_2"),
+    *_dit_block_rules(f"{_GROUNDING_PROJECTION}.blocks.#", "grounding_proj.blocks.#", "adaLN_modulation.1"),
+    _rename(f"{_GROUNDING_PROJECTION}.output_proj", "grounding_proj.proj_out"),
+]
 
 
-def _rules(text_conditioned: bool) -> list[_Rule]:
-    return _COMMON_RULES + (_TEXT_CONDITIONAL_RULES if text_conditioned else _CLASS_CONDITIONAL_RULES)
+class _Layout(NamedTuple):
+    """An official model family's key rules, its parameters without a module path, and a key only it has (official
+    name, ours); `names` says what a state dict of each side is, for errors."""
+
+    names: tuple[str, str]
+    rules: list[_Rule]
+    top_level: dict[str, str]
+    marker: tuple[str, str]
+
+
+_LAYOUTS = [
+    _Layout(
+        ("an official PixelDiT2 model", "a PixelDiT2Transformer2DModel"),
+        _PIXELDIT2_RULES,
+        {"in_context_posemb": "in_context_pos_embed"},
+        (f"{_GROUNDING_PROJECTION}.input_proj.weight", "grounding_proj.proj_in.weight"),
+    ),
+    _Layout(
+        ("an official PixelDiT model", "a PixelDiTTransformer2DModel"),
+        _COMMON_RULES + _TEXT_CONDITIONAL_RULES,
+        {"y_pos_embedding": "context_pos_embed"},
+        ("y_embedder.proj.weight", "context_embedder.weight"),
+    ),
+    _Layout(
+        ("an official PixelDiT model", "a PixelDiTTransformer2DModel"),
+        _COMMON_RULES + _CLASS_CONDITIONAL_RULES,
+        {},
+        ("", ""),
+    ),
+]
+
+
+def _layout(state_dict: dict[str, torch.Tensor], ours: bool) -> _Layout:
+    """The layout a state dict (official names, or ours) has; the class-conditional PixelDiT one by default."""
+    return next(layout for layout in _LAYOUTS if layout.marker[ours] in state_dict or not layout.marker[ours])
 
 
 def _match(template: str, module: str) -> str | None:
@@ -160,25 +226,114 @@ def _convert(
 
 
 def official_to_diffusers_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Maps a bare official model state dict (`PixDiT` or `PixDiT_T2I`, no `ema_denoiser.`/`core.` prefix) to
-    `PixelDiTTransformer2DModel` names.
+    """Maps a bare official model state dict (`PixDiT`, `PixDiT_T2I` or `PixelDiT2` without its grounding encoder; no
+    `ema_denoiser.`/`core.` prefix) to `PixelDiTTransformer2DModel` / `PixelDiT2Transformer2DModel` names.
 
     Raises:
-        ValueError: listing every key that is not part of an official PixelDiT model.
+        ValueError: listing every key that is not part of an official model of the layout.
     """
-    text_conditioned = "y_embedder.proj.weight" in state_dict
-    return _convert(state_dict, _rules(text_conditioned), _TOP_LEVEL_PARAMETERS, "an official PixelDiT model", False)
+    layout = _layout(state_dict, ours=False)
+    return _convert(state_dict, layout.rules, layout.top_level, layout.names[0], False)
 
 
 def diffusers_to_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of `official_to_diffusers_state_dict`; the round trip is bit-exact.
 
     Raises:
-        ValueError: listing every key that is not part of a `PixelDiTTransformer2DModel`.
+        ValueError: listing every key that is not part of the model.
     """
-    text_conditioned = "context_embedder.weight" in state_dict
-    top_level = {ours: official for official, ours in _TOP_LEVEL_PARAMETERS.items()}
-    return _convert(state_dict, _rules(text_conditioned), top_level, "a PixelDiTTransformer2DModel", True)
+    layout = _layout(state_dict, ours=True)
+    top_level = {ours: official for official, ours in layout.top_level.items()}
+    return _convert(state_dict, layout.rules, top_level, layout.names[1], True)
+
+
+# ---------------------------------------------------------------- DINOv3: timm (the official code) <-> transformers
+
+_DINOV3_TOP_LEVEL = {
+    "cls_token": "embeddings.cls_token",
+    "reg_token": "embeddings.register_tokens",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.bias",
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
+}
+_DINOV3_BLOCK = {
+    "norm1.weight": "norm1.weight",
+    "norm1.bias": "norm1.bias",
+    "norm2.weight": "norm2.weight",
+    "norm2.bias": "norm2.bias",
+    "attn.q_bias": "attention.q_proj.bias",
+    "attn.v_bias": "attention.v_proj.bias",
+    "attn.proj.weight": "attention.o_proj.weight",
+    "attn.proj.bias": "attention.o_proj.bias",
+    "gamma_1": "layer_scale1.lambda1",
+    "gamma_2": "layer_scale2.lambda1",
+    "mlp.fc1.weight": "mlp.up_proj.weight",
+    "mlp.fc1.bias": "mlp.up_proj.bias",
+    "mlp.fc2.weight": "mlp.down_proj.weight",
+    "mlp.fc2.bias": "mlp.down_proj.bias",
+}
+_DINOV3_QKV = ("attn.qkv.weight", tuple(f"attention.{x}_proj.weight" for x in "qkv"))
+# transformers-only: the masked-image-modelling token (unused by PixelDiT2; zeros when converted from timm).
+_DINOV3_MASK_TOKEN = "embeddings.mask_token"
+
+
+def timm_dinov3_to_transformers_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A timm DINOv3 ViT state dict (`vit_*_patch16_dinov3_qkvb`, the official PixelDiT2 grounding encoder) in
+    `transformers.DINOv3ViTModel` names: renames, the fused qkv split into q/k/v, and a zero `mask_token`.
+
+    Raises:
+        ValueError: listing every key that is not part of a timm DINOv3 ViT.
+    """
+    converted, unknown = {}, []
+    for key, tensor in state_dict.items():
+        found = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
+        if found is None:
+            if key in _DINOV3_TOP_LEVEL:
+                converted[_DINOV3_TOP_LEVEL[key]] = tensor
+            else:
+                unknown.append(key)
+            continue
+        index, name = found.groups()
+        prefix = f"model.layer.{index}."
+        if name == _DINOV3_QKV[0]:
+            for target, part in zip(_DINOV3_QKV[1], tensor.chunk(3, dim=0)):
+                converted[prefix + target] = part.clone()
+        elif name in _DINOV3_BLOCK:
+            converted[prefix + _DINOV3_BLOCK[name]] = tensor
+        else:
+            unknown.append(key)
+    if unknown or "cls_token" not in state_dict:
+        raise ValueError(f"Not a timm DINOv3 ViT state dict ({len(unknown)} foreign entries): {sorted(unknown)[:8]}")
+    converted[_DINOV3_MASK_TOKEN] = torch.zeros_like(state_dict["cls_token"])
+    return converted
+
+
+def transformers_dinov3_to_timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `timm_dinov3_to_transformers_state_dict` (the `mask_token` is dropped); bit-exact."""
+    top_level = {ours: timm for timm, ours in _DINOV3_TOP_LEVEL.items()}
+    block = {ours: timm for timm, ours in _DINOV3_BLOCK.items()}
+    converted, qkv, unknown = {}, {}, []
+    for key, tensor in state_dict.items():
+        found = re.fullmatch(r"model\.layer\.(\d+)\.(.+)", key)
+        if found is None:
+            if key in top_level:
+                converted[top_level[key]] = tensor
+            elif key != _DINOV3_MASK_TOKEN:
+                unknown.append(key)
+            continue
+        index, name = found.groups()
+        if name in _DINOV3_QKV[1]:
+            qkv.setdefault(index, {})[name] = tensor
+        elif name in block:
+            converted[f"blocks.{index}.{block[name]}"] = tensor
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"Not a transformers DINOv3ViTModel state dict: {sorted(unknown)[:8]}")
+    for index, parts in qkv.items():
+        converted[f"blocks.{index}.{_DINOV3_QKV[0]}"] = torch.cat([parts[name] for name in _DINOV3_QKV[1]])
+    return converted
 
 
 def _block_count(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
@@ -210,6 +365,7 @@ def infer_config_from_official_state_dict(
         pixel_attention_dim = state_dict["pixel_blocks.0.compress_to_attn.weight"].shape[0]
         pixel_head_dim = state_dict["pixel_blocks.0.attn.q_norm.weight"].shape[0]
         pixel_mlp_width = state_dict["pixel_blocks.0.mlp.fc1.weight"].shape[0]
+        pixel_modulation_width = state_dict["pixel_blocks.0.adaLN_modulation.0.weight"].shape[0]
     except KeyError as error:
         raise ValueError(f"Not an official PixelDiT state dict: no tensor {error}.") from None
 
@@ -228,8 +384,12 @@ def infer_config_from_official_state_dict(
             f"num_attention_heads={num_attention_heads} disagrees with the checkpoint: width {inner_dim} with q/k-norm "
             f"width {head_dim} means {heads} heads."
         )
-    if swiglu_width != int(2 * int(inner_dim * 4.0) / 3):
+    if swiglu_width != swiglu_hidden_dim(inner_dim):
         raise ValueError(f"SwiGLU width {swiglu_width} does not match mlp_ratio 4 for width {inner_dim}.")
+    # Pixel-block modulations: 6 per pixel (pre-modulation, the releases) or 4 (official pit_adaln_post_modulation).
+    modulations, remainder = divmod(pixel_modulation_width, pixel_embed_dim * patch_size * patch_size)
+    if remainder or modulations not in (4, 6):
+        raise ValueError(f"Pixel-block modulation width {pixel_modulation_width} is neither 4 nor 6 per pixel.")
 
     config = {
         "patch_size": patch_size,
@@ -242,6 +402,7 @@ def infer_config_from_official_state_dict(
         "pixel_num_attention_heads": pixel_attention_dim // pixel_head_dim,
         "pixel_attention_head_dim": pixel_head_dim,
         "pixel_mlp_ratio": pixel_mlp_width / pixel_embed_dim,
+        "pixel_post_modulation": modulations == 4,
     }
     if text_conditioned:
         config.update(
@@ -258,6 +419,59 @@ def infer_config_from_official_state_dict(
             negate_output=True,
         )
     return config
+
+
+def _swiglu_multiple(width: int, dim: int) -> int:
+    """A `mlp_hidden_multiple` giving SwiGLU width `width` for model width `dim` (0: the unrounded width)."""
+    if width == swiglu_hidden_dim(dim):
+        return 0
+    for multiple in (256, 128, 64, 32, 16, 8, 4, 2):  # the largest power of two that builds this width
+        if swiglu_hidden_dim(dim, multiple_of=multiple) == width:
+            return multiple
+    raise ValueError(f"SwiGLU width {width} is not 2/3 of 4 x {dim}, rounded up to any power-of-two multiple.")
+
+
+def infer_pixeldit2_config_from_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The `PixelDiT2Transformer2DModel` config an official PixelDiT2 state dict (without its grounding encoder)
+    determines: widths, depths, heads (from the q/k-norm widths), patch size, SwiGLU rounding, classes, in-context
+    length and grounding width.
+
+    `in_context_start`, `silu_conditioning` and `noise_scale` are not in the tensors: they come from the release's
+    recipe (`official_sampling_recipe`), a preset, or the caller.
+
+    Raises:
+        ValueError: if the state dict is not an official PixelDiT2 layout.
+    """
+    try:
+        patch_in = state_dict["s_embedder.proj.weight"]  # (D, 3·p²)
+        head_dim = state_dict["patch_blocks.0.attn.q_norm.weight"].shape[0]
+        swiglu_width = state_dict["patch_blocks.0.mlp.w1.weight"].shape[0]
+        grounding_in = state_dict[f"{_GROUNDING_PROJECTION}.input_proj.weight"]  # (D, C_enc)
+        grounding_head_dim = state_dict[f"{_GROUNDING_PROJECTION}.blocks.0.attn.q_norm.weight"].shape[0]
+        num_classes = state_dict["y_embedder.embedding_table.weight"].shape[0] - 1
+    except KeyError as error:
+        raise ValueError(f"Not an official PixelDiT2 state dict: no tensor {error}.") from None
+    inner_dim = patch_in.shape[0]
+    in_channels = 3  # RGB: the grounding encoder's ImageNet normalisation is per RGB channel
+    patch_size = math.isqrt(patch_in.shape[1] // in_channels)
+    if patch_size * patch_size * in_channels != patch_in.shape[1]:
+        raise ValueError(f"Patch embedding input width {patch_in.shape[1]} is not 3·p² for any p.")
+    if inner_dim % head_dim or inner_dim % grounding_head_dim:
+        raise ValueError(f"Width {inner_dim} is not a multiple of the head dims {head_dim}/{grounding_head_dim}.")
+    context = state_dict.get("in_context_posemb")
+    return {
+        "patch_size": patch_size,
+        "in_channels": in_channels,
+        "num_layers": _block_count(state_dict, "patch_blocks"),
+        "num_attention_heads": inner_dim // head_dim,
+        "attention_head_dim": head_dim,
+        "mlp_hidden_multiple": _swiglu_multiple(swiglu_width, inner_dim),
+        "num_classes": num_classes,
+        "in_context_length": 0 if context is None else context.shape[1],
+        "grounding_embed_dim": grounding_in.shape[1],
+        "grounding_num_layers": _block_count(state_dict, f"{_GROUNDING_PROJECTION}.blocks"),
+        "grounding_num_attention_heads": inner_dim // grounding_head_dim,
+    }
 
 
 # ---------------------------------------------------------------- checkpoint files
@@ -402,15 +616,21 @@ def load_official_checkpoint(
     return state_dict, kind
 
 
-def _preset_config(name: str, inferred: dict[str, Any]) -> dict[str, Any]:
+def _preset_config(model_class: type, presets: dict, name: str, inferred: dict[str, Any]) -> dict[str, Any]:
     """The full config of preset `name`, after checking that it agrees with the config read from the tensors."""
-    if name not in PIXELDIT_PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PIXELDIT_PRESETS)}.")
-    parameters = inspect.signature(PixelDiTTransformer2DModel.__init__).parameters.values()
+    if name not in presets:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(presets)}.")
+    parameters = inspect.signature(model_class.__init__).parameters.values()
     config = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-    config.update(PIXELDIT_PRESETS[name])
-    config["pixel_num_attention_heads"] = config["pixel_num_attention_heads"] or config["num_attention_heads"]
-    config["pixel_attention_head_dim"] = config["pixel_attention_head_dim"] or config["attention_head_dim"]
+    config.update(presets[name])
+    # entries that default to another one
+    for entry, default in (
+        ("pixel_num_attention_heads", "num_attention_heads"),
+        ("pixel_attention_head_dim", "attention_head_dim"),
+        ("grounding_num_attention_heads", "num_attention_heads"),
+    ):
+        if entry in config:
+            config[entry] = config[entry] or config[default]
     mismatches = [
         f"{key} {config[key]!r} (checkpoint: {value!r})" for key, value in inferred.items() if config[key] != value
     ]
@@ -424,30 +644,44 @@ def transformer_from_official_state_dict(
     preset: str | None = None,
     num_attention_heads: int | None = None,
     **config_overrides,
-) -> PixelDiTTransformer2DModel:
-    """A `PixelDiTTransformer2DModel` holding the weights of a bare official state dict, loaded strictly.
+) -> PixelDiTTransformer2DModel | PixelDiT2Transformer2DModel:
+    """The model (`PixelDiTTransformer2DModel`, or `PixelDiT2Transformer2DModel` for a PixelDiT2 layout) holding the
+    weights of a bare official state dict, loaded strictly.
 
-    The config is read from the tensor shapes (`infer_config_from_official_state_dict`); a `preset` of
-    `PIXELDIT_PRESETS` must agree with it. The model is built on the meta device and takes the converted tensors
-    as they are (no copy, no random initialisation).
+    The config is read from the tensor shapes (`infer_config_from_official_state_dict` /
+    `infer_pixeldit2_config_from_official_state_dict`); a `preset` of `PIXELDIT_PRESETS` / `PIXELDIT2_PRESETS` must
+    agree with it. The model is built on the meta device and takes the converted tensors as they are (no copy, no
+    random initialisation).
 
     Args:
-        state_dict: a bare official model state dict (see `load_official_checkpoint`).
+        state_dict: a bare official model state dict (see `load_official_checkpoint`; PixelDiT2: without its
+            grounding encoder, see `split_grounding_encoder`).
         preset (`str`, *optional*): e.g. `"PixelDiT-XL"`; an error names every setting the tensors contradict.
         num_attention_heads (`int`, *optional*): checked against the head count the tensors imply.
-        config_overrides: settings the tensors do not determine, e.g. `sample_size`.
+        config_overrides: settings the tensors do not determine, e.g. `sample_size` (PixelDiT2: also
+            `in_context_start`, `silu_conditioning`, `noise_scale`).
 
     Raises:
         ValueError: if the preset or head count disagrees, or any tensor is unexpected, missing or mis-shaped (all are
             listed).
     """
-    config = infer_config_from_official_state_dict(state_dict, num_attention_heads)
+    if _layout(state_dict, ours=False) is _LAYOUTS[0]:
+        model_class, presets = PixelDiT2Transformer2DModel, PIXELDIT2_PRESETS
+        config = infer_pixeldit2_config_from_official_state_dict(state_dict)
+        if num_attention_heads is not None and num_attention_heads != config["num_attention_heads"]:
+            raise ValueError(
+                f"num_attention_heads={num_attention_heads} disagrees with the checkpoint's "
+                f"{config['num_attention_heads']} heads (from its q/k-norm width)."
+            )
+    else:
+        model_class, presets = PixelDiTTransformer2DModel, PIXELDIT_PRESETS
+        config = infer_config_from_official_state_dict(state_dict, num_attention_heads)
     if preset is not None:
-        config = _preset_config(preset, config)
+        config = _preset_config(model_class, presets, preset, config)
     config.update(config_overrides)
     converted = official_to_diffusers_state_dict(state_dict)
     with torch.device("meta"):
-        model = PixelDiTTransformer2DModel(**config)
+        model = model_class(**config)
     expected = model.state_dict()
     problems = {
         "unexpected": sorted(converted.keys() - expected.keys()),

@@ -161,6 +161,67 @@ def position_table(make_table: Callable, *args):
     return _cached_position_table(make_table, *args)
 
 
+def check_image_inputs(hidden_states: torch.Tensor, timestep: torch.Tensor, in_channels: int, patch_size: int):
+    """Shapes of a PixelDiT model's image and time inputs; raises a `ValueError` naming the problem."""
+    if hidden_states.ndim != 4 or hidden_states.shape[1] != in_channels:
+        raise ValueError(
+            f"`hidden_states` must be (batch, {in_channels}, height, width), got {tuple(hidden_states.shape)}."
+        )
+    batch_size, _, height, width = hidden_states.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"Image size {height}x{width} (height x width) is not divisible by the patch size {patch_size}."
+        )
+    if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] not in (1, batch_size)):
+        raise ValueError(f"`timestep` must be a scalar or have shape ({batch_size},), got {tuple(timestep.shape)}.")
+
+
+def check_class_labels(class_labels: torch.Tensor | None, batch_size: int, num_classes: int):
+    """Class ids `(B,)` in [0, num_classes] (`num_classes` is the null class). The range is checked only where that
+    costs no device synchronisation (on the CPU, eagerly); the pipelines check the ids they are given first."""
+    if class_labels is None:
+        raise ValueError("This class-conditional PixelDiT needs `class_labels`.")
+    if class_labels.shape != (batch_size,) or class_labels.is_floating_point():
+        raise ValueError(
+            f"`class_labels` must be integer ids of shape ({batch_size},), got {class_labels.dtype} "
+            f"{tuple(class_labels.shape)}."
+        )
+    if class_labels.device.type == "cpu" and not torch.compiler.is_compiling():
+        invalid = (class_labels < 0) | (class_labels > num_classes)
+        if invalid.any():
+            raise ValueError(
+                f"Class ids must be in [0, {num_classes}] ({num_classes} is the null class); "
+                f"got {class_labels[invalid].tolist()}."
+            )
+
+
+def time_projection(timestep: torch.Tensor, batch_size: int, timestep_input: str) -> torch.Tensor:
+    """The official sinusoidal time features `(B, TIME_PROJ_DIM)` (float32) of diffusers' `timestep` = σ·1000, fed as
+    given (`"sigma_x1000"`) or as the data time t = 1 − σ (`"one_minus_sigma"`)."""
+    timestep = timestep.float().expand(batch_size)
+    if timestep_input == "one_minus_sigma":
+        timestep = 1 - timestep / TIMESTEP_SCALE
+    return get_timestep_embedding(
+        timestep, TIME_PROJ_DIM, flip_sin_to_cos=True, downscale_freq_shift=0, max_period=TIME_EMBED_MAX_PERIOD
+    )
+
+
+def patchify(hidden_states: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """`(B, C, H, W)` -> `(B, L, C·p²)` patches in raster order, channel-major inside a patch (`F.unfold`'s layout)."""
+    batch_size, channels, height, width = hidden_states.shape
+    patches = hidden_states.reshape(
+        batch_size, channels, height // patch_size, patch_size, width // patch_size, patch_size
+    )
+    return patches.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
+
+
+def unpatchify(tokens: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """`(B, L, p², C)` or `(B, L, p²·C)` per-patch pixels, pixel-major with the channel last -> `(B, C, H, W)`."""
+    batch_size, grid_height, grid_width = tokens.shape[0], height // patch_size, width // patch_size
+    tokens = tokens.reshape(batch_size, grid_height, grid_width, patch_size, patch_size, -1)
+    return tokens.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, -1, height, width)
+
+
 class PixelDiTAttnProcessor:
     """Attention with q/k RMSNorm and rotary embeddings; joint `[text, image]` attention when context is given."""
 
@@ -229,6 +290,7 @@ class PixelDiTAttention(nn.Module, AttentionModuleMixin):
         dim_head: int,
         added_kv_proj_dim: int | None = None,
         eps: float = NORM_EPS,
+        dropout: float = 0.0,
         processor=None,
     ):
         super().__init__()
@@ -244,7 +306,7 @@ class PixelDiTAttention(nn.Module, AttentionModuleMixin):
         self.to_v = nn.Linear(dim, self.inner_dim, bias=False)
         self.norm_q = RMSNorm(dim_head, eps=eps)
         self.norm_k = RMSNorm(dim_head, eps=eps)
-        self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, dim), nn.Dropout(0.0)])
+        self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, dim), nn.Dropout(dropout)])
 
         if added_kv_proj_dim is not None:
             self.add_q_proj = nn.Linear(added_kv_proj_dim, self.inner_dim, bias=False)
@@ -274,11 +336,10 @@ def swiglu_hidden_dim(dim: int, mlp_ratio: float = 4.0, multiple_of: int = 0) ->
     return hidden_dim
 
 
-def swiglu_feed_forward(dim: int, mlp_ratio: float = 4.0, multiple_of: int = 0) -> FeedForward:
-    """The bias-free SwiGLU feed-forward of the patch-level blocks, `w2(silu(w1 x) · w3 x)`."""
-    return FeedForward(
-        dim, inner_dim=swiglu_hidden_dim(dim, mlp_ratio, multiple_of), activation_fn="swiglu", bias=False
-    )
+def swiglu_feed_forward(dim: int, mlp_ratio: float = 4.0, multiple_of: int = 0, dropout: float = 0.0) -> FeedForward:
+    """The bias-free SwiGLU feed-forward of the patch-level blocks, `w2(dropout(silu(w1 x) · w3 x))`."""
+    inner_dim = swiglu_hidden_dim(dim, mlp_ratio, multiple_of)
+    return FeedForward(dim, inner_dim=inner_dim, activation_fn="swiglu", bias=False, dropout=dropout)
 
 
 @maybe_allow_in_graph
@@ -355,9 +416,13 @@ class PixelDiTJointTransformerBlock(nn.Module):
 class PixelDiTPixelBlock(nn.Module):
     """Pixel-level (PiT) block: pixel-wise AdaLN, pixel token compaction -> attention -> expansion, GELU MLP.
 
-    Every one of the p² pixels of a patch gets its own shift/scale/gate from that patch's conditioning vector. For
-    attention, the p² modulated pixel tokens of a patch are compacted into one token of width `heads * head_dim`,
-    attend over the patch grid (2-D RoPE) and are expanded back.
+    Every one of the p² pixels of a patch gets its own modulation from that patch's conditioning vector. For
+    attention, the p² pixel tokens of a patch are compacted into one token of width `heads * head_dim`, attend over
+    the patch grid (2-D RoPE) and are expanded back.
+
+    Pre-modulation (the releases): `x += gate · f(norm(x) · (1 + scale) + shift)` for attention and MLP, six
+    modulations per pixel. Post-modulation (official `pit_adaln_post_modulation`): `x += f(norm(x)) · (1 + scale) +
+    shift`, no gate, four modulations per pixel in the order (scale, shift) for attention, then for the MLP.
     """
 
     def __init__(
@@ -368,8 +433,10 @@ class PixelDiTPixelBlock(nn.Module):
         num_attention_heads: int,
         attention_head_dim: int,
         mlp_ratio: float = 4.0,
+        post_modulation: bool = False,
     ):
         super().__init__()
+        self.post_modulation = post_modulation
         pixels_per_patch = patch_size * patch_size
         attention_dim = num_attention_heads * attention_head_dim
         self.norm1 = RMSNorm(pixel_dim, eps=NORM_EPS)
@@ -378,21 +445,30 @@ class PixelDiTPixelBlock(nn.Module):
         self.expand = nn.Linear(attention_dim, pixels_per_patch * pixel_dim)
         self.norm2 = RMSNorm(pixel_dim, eps=NORM_EPS)
         self.ff = FeedForward(pixel_dim, inner_dim=int(pixel_dim * mlp_ratio), activation_fn="gelu")
-        self.adaln_modulation = nn.Linear(cond_dim, 6 * pixels_per_patch * pixel_dim)
+        self.num_modulations = 4 if post_modulation else 6
+        self.adaln_modulation = nn.Linear(cond_dim, self.num_modulations * pixels_per_patch * pixel_dim)
+
+    def _attention(self, norm_hidden_states: torch.Tensor, rotary_emb) -> torch.Tensor:
+        pixels_per_patch, pixel_dim = norm_hidden_states.shape[-2:]
+        attn_output = self.attn(self.compact(norm_hidden_states.flatten(2)), rotary_emb=rotary_emb)
+        return self.expand(attn_output).unflatten(-1, (pixels_per_patch, pixel_dim))
 
     def forward(
         self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         """hidden_states: (B, L, p², d) pixel tokens per patch; temb: (B, L, D) per-patch conditioning."""
         pixels_per_patch, pixel_dim = hidden_states.shape[-2:]
-        modulation = self.adaln_modulation(temb).unflatten(-1, (pixels_per_patch, 6 * pixel_dim))
+        modulation = self.adaln_modulation(temb).unflatten(-1, (pixels_per_patch, self.num_modulations * pixel_dim))
+        if self.post_modulation:
+            scale_msa, shift_msa, scale_mlp, shift_mlp = modulation.chunk(4, dim=-1)
+            hidden_states = hidden_states + self._attention(self.norm1(hidden_states), rotary_emb) * (1 + scale_msa)
+            hidden_states = hidden_states + shift_msa
+            hidden_states = hidden_states + self.ff(self.norm2(hidden_states)) * (1 + scale_mlp)
+            return hidden_states + shift_mlp
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)
 
         norm_hidden_states = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
-        attn_output = self.attn(self.compact(norm_hidden_states.flatten(2)), rotary_emb=rotary_emb)
-        hidden_states = hidden_states + gate_msa * self.expand(attn_output).unflatten(
-            -1, (pixels_per_patch, pixel_dim)
-        )
+        hidden_states = hidden_states + gate_msa * self._attention(norm_hidden_states, rotary_emb)
         norm_hidden_states = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp
         return hidden_states + gate_mlp * self.ff(norm_hidden_states)
 
@@ -425,6 +501,8 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         pixel_num_attention_heads (`int`, *optional*), pixel_attention_head_dim (`int`, *optional*): the compacted
             pixel attention; default to the patch-level values.
         pixel_mlp_ratio (`float`, defaults to 4.0): MLP ratio of the pixel-level GELU feed-forward.
+        pixel_post_modulation (`bool`, defaults to False): pixel blocks modulate their attention and MLP outputs
+            (four modulations per pixel, no gates) instead of their inputs (official `pit_adaln_post_modulation`).
         num_classes (`int`, *optional*): class-conditional model with `num_classes + 1` class embeddings, the last
             one being the null (unconditional) class; 1000 (ImageNet) when neither it nor `text_embed_dim` is given.
         text_embed_dim (`int`, *optional*): text-conditional (MM-DiT) model taking text-encoder states of this width;
@@ -456,6 +534,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         pixel_num_attention_heads: int | None = None,
         pixel_attention_head_dim: int | None = None,
         pixel_mlp_ratio: float = 4.0,
+        pixel_post_modulation: bool = False,
         num_classes: int | None = None,
         text_embed_dim: int | None = None,
         max_text_length: int = RELEASE_MAX_TEXT_LENGTH,
@@ -512,6 +591,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
                     pixel_num_attention_heads,
                     pixel_attention_head_dim,
                     pixel_mlp_ratio,
+                    pixel_post_modulation,
                 )
                 for _ in range(num_pixel_layers)
             ]
@@ -547,19 +627,8 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
 
     def _check_inputs(self, hidden_states, timestep, class_labels, encoder_hidden_states):
         config = self.config
-        if hidden_states.ndim != 4 or hidden_states.shape[1] != config.in_channels:
-            raise ValueError(
-                f"`hidden_states` must be (batch, {config.in_channels}, height, width), got {tuple(hidden_states.shape)}."
-            )
-        batch_size, _, height, width = hidden_states.shape
-        if height % config.patch_size or width % config.patch_size:
-            raise ValueError(
-                f"Image size {height}x{width} (height x width) is not divisible by the patch size {config.patch_size}."
-            )
-        if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] not in (1, batch_size)):
-            raise ValueError(
-                f"`timestep` must be a scalar or have shape ({batch_size},), got {tuple(timestep.shape)}."
-            )
+        check_image_inputs(hidden_states, timestep, config.in_channels, config.patch_size)
+        batch_size = hidden_states.shape[0]
 
         if self.is_text_conditioned:
             if class_labels is not None:
@@ -580,21 +649,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
             return
         if encoder_hidden_states is not None:
             raise ValueError("This is a class-conditional PixelDiT: pass `class_labels`, not `encoder_hidden_states`.")
-        if class_labels is None:
-            raise ValueError("This class-conditional PixelDiT needs `class_labels`.")
-        if class_labels.shape != (batch_size,) or class_labels.is_floating_point():
-            raise ValueError(
-                f"`class_labels` must be integer ids of shape ({batch_size},), got {class_labels.dtype} "
-                f"{tuple(class_labels.shape)}."
-            )
-        # A data-dependent check, made only where it costs no device synchronisation (the pipelines check ids first).
-        if class_labels.device.type == "cpu" and not torch.compiler.is_compiling():
-            invalid = (class_labels < 0) | (class_labels > config.num_classes)
-            if invalid.any():
-                raise ValueError(
-                    f"Class ids must be in [0, {config.num_classes}] ({config.num_classes} is the null class); "
-                    f"got {class_labels[invalid].tolist()}."
-                )
+        check_class_labels(class_labels, batch_size, config.num_classes)
 
     def _image_rotary_emb(self, head_dim: int, grid_height: int, grid_width: int, device: torch.device):
         return position_table(
@@ -636,23 +691,15 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         if not torch.is_tensor(timestep):
             timestep = torch.tensor(timestep, device=hidden_states.device)
         self._check_inputs(hidden_states, timestep, class_labels, encoder_hidden_states)
-        batch_size, channels, height, width = hidden_states.shape
+        batch_size, _, height, width = hidden_states.shape
         patch_size = self.config.patch_size
         grid_height, grid_width = height // patch_size, width // patch_size
         device = hidden_states.device
 
-        timestep = timestep.float().expand(batch_size)
-        if self.config.timestep_input == "one_minus_sigma":
-            timestep = 1 - timestep / TIMESTEP_SCALE
-        time_proj = get_timestep_embedding(
-            timestep, TIME_PROJ_DIM, flip_sin_to_cos=True, downscale_freq_shift=0, max_period=TIME_EMBED_MAX_PERIOD
-        )
+        time_proj = time_projection(timestep, batch_size, self.config.timestep_input)
         temb = self.time_embed(time_proj.to(hidden_states.dtype))  # (B, D)
 
-        # Patch level: (B, C, H, W) -> (B, L, C·p²), channel-major within a patch.
-        patches = hidden_states.reshape(batch_size, channels, grid_height, patch_size, grid_width, patch_size)
-        patches = patches.permute(0, 2, 4, 1, 3, 5).flatten(3).flatten(1, 2)
-        patch_tokens = self.patch_embed(patches)
+        patch_tokens = self.patch_embed(patchify(hidden_states, patch_size))  # (B, L, D)
         rotary_emb = self._image_rotary_emb(self.config.attention_head_dim, grid_height, grid_width, device)
 
         if self.is_text_conditioned:
@@ -703,9 +750,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
             else:
                 pixel_tokens = block(pixel_tokens, pixel_cond, pixel_rotary_emb)
 
-        output = self.proj_out(self.norm_out(pixel_tokens))  # (B, L, p², C)
-        output = output.reshape(batch_size, grid_height, grid_width, patch_size, patch_size, channels)
-        output = output.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, channels, height, width)
+        output = unpatchify(self.proj_out(self.norm_out(pixel_tokens)), patch_size, height, width)
         if self.config.negate_output:
             output = -output
 

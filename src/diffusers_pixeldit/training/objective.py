@@ -1,0 +1,184 @@
+# Copyright 2026 The diffusers-pixeldit authors. Licensed under the Apache License, Version 2.0.
+"""The training objective: rectified flow (σ sampling, timeshift, loss weighting) and REPA representation alignment.
+
+Flow matching in diffusers' convention: `x_t = (1 − σ)·x0 + σ·ε` (σ = 1 is noise) and the target is the velocity
+`ε − x0`. The loss takes the model's velocity prediction through one function, `predict_velocity(x_t, σ)`, so that
+models with another parametrisation only need their own such function.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+
+# PixelDiT takes `timestep = σ · TIMESTEP_SCALE`.
+TIMESTEP_SCALE = 1000.0
+# The normalisation of the images DINOv2 was trained on.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+VelocityPredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FlowMatchingObjective:
+    """σ sampling and loss weighting of rectified-flow training.
+
+    Per sample, `u` comes from diffusers' `compute_density_for_timestep_sampling(weighting_scheme, ...)`
+    (`sigmoid(N(logit_mean, logit_std))` for `logit_normal`, the SD3 `mode` density with `mode_scale`, else uniform),
+    then `σ = shift·u / (1 + (shift − 1)·u)` (continuous: not snapped to a scheduler grid). The loss is weighted by
+    `compute_loss_weighting_for_sd3(weighting_scheme, σ)` (`sigma_sqrt`, `cosmap`; the other schemes are unweighted).
+    """
+
+    weighting_scheme: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    shift: float = 1.0
+
+    def sample_u(self, generator: torch.Generator) -> torch.Tensor:
+        """One density sample u in (0, 1), a 0-d tensor."""
+        return compute_density_for_timestep_sampling(
+            weighting_scheme=self.weighting_scheme,
+            batch_size=1,
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
+            mode_scale=self.mode_scale,
+            generator=generator,
+        )[0]
+
+    def sigmas(self, u: torch.Tensor) -> torch.Tensor:
+        """σ = shift·u / (1 + (shift − 1)·u), i.e. σ = u for shift 1; same shape as `u`."""
+        return self.shift * u / (1 + (self.shift - 1) * u)
+
+    def loss(
+        self, predict_velocity: VelocityPredictor, pixel_values: torch.Tensor, noise: torch.Tensor, u: torch.Tensor
+    ) -> torch.Tensor:
+        """The flow-matching loss of a batch: the mean over samples of the mean over pixels of
+        `weight(σ)·(predict_velocity(x_t, σ) − (ε − x0))²`, in float32.
+
+        Args:
+            predict_velocity: `(x_t (B, C, H, W), σ (B,)) -> velocity (B, C, H, W)`.
+            pixel_values: clean images x0 (B, C, H, W) in [-1, 1].
+            noise: ε (B, C, H, W).
+            u: the density samples (B,) (`sample_u`).
+        """
+        sigmas = self.sigmas(u)
+        sigmas_4d = sigmas.view(-1, 1, 1, 1)
+        noisy = (1 - sigmas_4d) * pixel_values + sigmas_4d * noise
+        prediction = predict_velocity(noisy, sigmas)
+        weighting = compute_loss_weighting_for_sd3(self.weighting_scheme, sigmas).view(-1, 1, 1, 1)
+        squared_error = weighting.float() * (prediction.float() - (noise - pixel_values).float()) ** 2
+        return squared_error.flatten(1).mean(1).mean()
+
+
+def velocity_predictor(transformer: nn.Module, **conditions) -> VelocityPredictor:
+    """A PixelDiT's velocity prediction as a function of (x_t, σ): the transformer is fed `timestep = σ·1000` and the
+    `conditions` (`class_labels` (B,) or `encoder_hidden_states` (B, L, D)) and returns ε − x0."""
+
+    def predict(noisy: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        return transformer(noisy, timestep=sigmas * TIMESTEP_SCALE, **conditions, return_dict=False)[0]
+
+    return predict
+
+
+def repa_projector(dim: int, out_dim: int) -> nn.Sequential:
+    """REPA's projector `Linear(D, D)–SiLU–Linear(D, D)–SiLU–Linear(D, C)`: (B, N, D) → (B, N, C)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, out_dim))
+
+
+class REPAAlignment:
+    """REPA representation alignment of a transformer block's tokens with a frozen vision encoder's patch features.
+
+    A forward hook keeps the output tokens of `block` (the image tokens of a joint text-image block); `loss` maps
+    them through the projector and returns `mean(1 − cos)` (token-wise) against the encoder's patch features of the
+    clean images. The images are ImageNet-normalised and resized (bicubic) so that the encoder's token grid is the
+    transformer's patch grid: an H × W image becomes `(H // patch_size)·p × (W // patch_size)·p` for an encoder with
+    patches of p pixels (224 × 224 for a 256² image, patch 16, and DINOv2's patch 14). The patch features are the
+    last `grid` tokens of `last_hidden_state` (after the class and any register tokens).
+
+    Args:
+        encoder: a frozen transformers ViT encoder with `config.patch_size` and `config.hidden_size`, e.g.
+            `Dinov2Model`, on the training device.
+        block: the transformer block whose output is aligned.
+        patch_size: the transformer's patch size.
+    """
+
+    def __init__(self, encoder: nn.Module, block: nn.Module, patch_size: int):
+        self.encoder = encoder
+        self.patch_size = patch_size
+        self.encoder_patch_size = encoder.config.patch_size
+        self.tokens = None
+        self.hook = block.register_forward_hook(self._keep_tokens)
+
+    @classmethod
+    def from_pretrained(
+        cls, encoder_name_or_path: str, transformer: nn.Module, layer: int, device: torch.device, dtype: torch.dtype
+    ) -> "REPAAlignment":
+        """Loads the encoder (frozen, on `device` in `dtype`) and hooks the 1-based patch-level block `layer`."""
+        from transformers import AutoModel
+
+        blocks = transformer.transformer_blocks
+        if not 1 <= layer <= len(blocks):
+            raise ValueError(f"The REPA layer is 1-based, at most the {len(blocks)} patch-level blocks; got {layer}.")
+        encoder = AutoModel.from_pretrained(encoder_name_or_path).eval().requires_grad_(False)
+        return cls(encoder.to(device, dtype=dtype), blocks[layer - 1], transformer.config.patch_size)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def _keep_tokens(self, module, inputs, output):
+        # Joint (text-to-image) blocks return (text tokens, image tokens).
+        self.tokens = output[1] if isinstance(output, tuple) else output
+
+    def encoder_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the encoder sees an H × W image at: its token grid is the transformer's patch grid."""
+        return (height // self.patch_size) * self.encoder_patch_size, (
+            width // self.patch_size
+        ) * self.encoder_patch_size
+
+    @torch.no_grad()
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encoder patch features (B, (H // patch_size)·(W // patch_size), C) of images (B, C_img, H, W) in [-1, 1]
+        (one grey channel is used as RGB)."""
+        mean = torch.tensor(IMAGENET_MEAN, device=pixel_values.device).view(1, -1, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=pixel_values.device).view(1, -1, 1, 1)
+        images = ((pixel_values.float() + 1) / 2 - mean) / std
+        images = F.interpolate(images, size=self.encoder_size(*images.shape[-2:]), mode="bicubic", align_corners=False)
+        grid = (images.shape[-2] // self.encoder_patch_size) * (images.shape[-1] // self.encoder_patch_size)
+        hidden_states = self.encoder(pixel_values=images.to(self.encoder.dtype)).last_hidden_state
+        return hidden_states[:, -grid:].float()
+
+    def loss(self, projector: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`mean(1 − cos)` between the projected tokens kept by the last forward and the features of `pixel_values`."""
+        tokens, self.tokens = self.tokens, None
+        projected = projector(tokens).float()
+        return (1 - F.cosine_similarity(projected, self.features(pixel_values), dim=-1)).mean()
+
+    def remove(self):
+        """Removes the forward hook."""
+        self.hook.remove()
+
+
+def flow_matching_losses(
+    objective: FlowMatchingObjective,
+    predict_velocity: VelocityPredictor,
+    batch: dict,
+    repa: REPAAlignment | None = None,
+    projector: nn.Module | None = None,
+    repa_weight: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """The losses of a `FlowMatchingDataset` batch (on the model's device): `flow_loss` (`objective.loss`), with REPA
+    `repa_loss` (`repa.loss(projector, ...)`, after the forward), and `train_loss` = flow_loss + repa_weight·repa_loss,
+    the one to minimise. 0-d float32 tensors."""
+    pixel_values = batch["pixel_values"]
+    flow_loss = objective.loss(predict_velocity, pixel_values, batch["noise"], batch["u"])
+    if repa is None:
+        return {"train_loss": flow_loss, "flow_loss": flow_loss}
+    repa_loss = repa.loss(projector, pixel_values)
+    return {"train_loss": flow_loss + repa_weight * repa_loss, "flow_loss": flow_loss, "repa_loss": repa_loss}
