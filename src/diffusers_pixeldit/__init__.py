@@ -21,7 +21,13 @@ from .models import (
     PixelDiTTransformer2DModel,
     encode_grounding,
 )
-from .pipelines import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTPipeline, PixelDiTT2IPipeline, imagenet_id2label
+from .pipelines import (
+    PIXELDIT_COMPLEX_HUMAN_INSTRUCTION,
+    PixelDiT2Pipeline,
+    PixelDiTPipeline,
+    PixelDiTT2IPipeline,
+    imagenet_id2label,
+)
 from .schedulers import T2I_RELEASE_DPM_SOLVER_CONFIG, PixelDiTFlowScheduler, release_dpm_solver_scheduler
 
 
@@ -42,6 +48,7 @@ __all__ = [
     "PIXELDIT2_PRESETS",
     "PIXELDIT_COMPLEX_HUMAN_INSTRUCTION",
     "PIXELDIT_PRESETS",
+    "PixelDiT2Pipeline",
     "PixelDiT2Transformer2DModel",
     "PixelDiTAttention",
     "PixelDiTAttnProcessor",

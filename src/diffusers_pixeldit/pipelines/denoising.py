@@ -151,6 +151,9 @@ class PixelDiTDenoisingMixin:
 
     # PixelDiT2's official sampler reads a guidance interval (0, high) as "no lower bound".
     _zero_low_is_unbounded = False
+    # Whether the loop casts the (float32) latents to the transformer's dtype, or the transformer takes them as they
+    # are (PixelDiT2 casts inside and keeps float32 for its velocity).
+    _cast_model_input = True
 
     @property
     def guidance_scale(self):
@@ -258,7 +261,7 @@ class PixelDiTDenoisingMixin:
             model_timesteps = (step_sigmas * scheduler.config.num_train_timesteps).to(device, torch.float32)
             num_warmup_steps = max(len(timesteps) - num_inference_steps * scheduler.order, 0)
             self._num_timesteps = len(timesteps)
-            model_dtype = self.transformer.dtype
+            model_dtype = self.transformer.dtype if self._cast_model_input else torch.float32
 
             with self.progress_bar(total=num_inference_steps) as progress_bar:
                 for i, t in enumerate(timesteps):
