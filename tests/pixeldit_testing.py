@@ -145,22 +145,44 @@ def tiny_text_components(width: int = 8, seed: int = 0):
     return tokenizer, Gemma2Model(config).eval()
 
 
-def load_pixeldit2_fixture(name: str = "pixeldit2_tiny"):
-    """(model state dict (EMA), grounding encoder (a transformers DINOv3ViTModel), cases, meta) of a PixelDiT2
-    official-output fixture; the tensors hold nothing the model config needs beyond `meta["official_config"]`."""
+def dinov3_from_timm(transformers_config: dict, timm_state_dict: dict):
+    """The transformers DINOv3ViTModel (eval mode) of a fixture's timm DINOv3 weights."""
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     from diffusers_pixeldit.conversion import timm_dinov3_to_transformers_state_dict
 
+    encoder = DINOv3ViTModel(DINOv3ViTConfig(**transformers_config)).eval()
+    encoder.load_state_dict(timm_dinov3_to_transformers_state_dict(timm_state_dict), strict=True)
+    return encoder
+
+
+def load_pixeldit2_fixture(name: str = "pixeldit2_tiny"):
+    """(model state dict (EMA), grounding encoder (a transformers DINOv3ViTModel), cases, meta) of a PixelDiT2
+    official-output fixture folder."""
     meta = json.loads((FIXTURES / name / "meta.json").read_text())
     checkpoint = torch.load(FIXTURES / name / meta["checkpoint"], map_location="cpu", weights_only=True)
     prefix = "ema_denoiser."
     state_dict = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     encoder_config = json.loads((FIXTURES / name / "grounding_encoder_config.json").read_text())
-    encoder = DINOv3ViTModel(DINOv3ViTConfig(**encoder_config["transformers_DINOv3ViTConfig"])).eval()
     timm_weights = load_file(FIXTURES / name / "grounding_encoder_timm.safetensors")
-    encoder.load_state_dict(timm_dinov3_to_transformers_state_dict(timm_weights), strict=True)
+    encoder = dinov3_from_timm(encoder_config["transformers_DINOv3ViTConfig"], timm_weights)
     return state_dict, encoder, load_file(FIXTURES / name / "cases.safetensors"), meta
+
+
+def load_pixeldit2_extra(name: str):
+    """(model, grounding encoder, tensors (without the `<name>.` prefix), meta) of a `pixeldit2_extra` configuration."""
+    meta = json.loads((FIXTURES / "pixeldit2_extra.json").read_text())["configs"][name]
+    tensors = {k[len(name) + 1 :]: v for k, v in load_file(FIXTURES / "pixeldit2_extra.safetensors").items()
+               if k.startswith(f"{name}.")}  # fmt: skip
+
+    def part(prefix):
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    model = pixeldit2_from_official(part("official_state_dict."), meta["official_config"])
+    encoder = dinov3_from_timm(
+        meta["grounding_encoder"]["transformers_DINOv3ViTConfig"], part("grounding_encoder_timm.")
+    )
+    return model, encoder, tensors, meta
 
 
 def pixeldit2_settings(official_config: dict) -> dict:

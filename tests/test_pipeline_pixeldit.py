@@ -406,3 +406,24 @@ def test_bf16_weights_with_float32_compute_beat_a_pure_bf16_transformer():
     pure.transformer.to(torch.bfloat16)
     pure_error = (generate(pure) - reference).abs().max()
     assert casting_error < pure_error < 0.1 * reference.abs().max()
+
+
+def test_official_sampling_with_post_modulation_pixel_blocks():
+    spec = json.loads((FIXTURES / "postmod_extra.json").read_text())["runs"]["postmod_nonsquare_p8.ab2_n8"]
+    tensors = load_file(FIXTURES / "postmod_extra.safetensors")
+    prefix = "postmod_nonsquare_p8.official_state_dict."
+    model = model_from_official({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    pipe = PixelDiTPipeline(model, PixelDiTFlowScheduler(shift=spec["timeshift"]))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        class_labels=spec["class_labels"], height=32, width=48, num_inference_steps=spec["num_steps"],
+        guidance_scale=spec["guidance_scale"], guidance_interval=spec["guidance_interval"],
+        latents=tensors["postmod_nonsquare_p8.ab2_n8.noise"], output_type="latent",
+    ).images  # fmt: skip
+    passed, message = tolerance_check(
+        images,
+        tensors["postmod_nonsquare_p8.ab2_n8.out_official"],
+        tensors["postmod_nonsquare_p8.ab2_n8.out_official_fp64"],
+        SAMPLING_TOLERANCE,
+    )
+    assert passed, message

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from pixeldit_testing import (
+    load_pixeldit2_extra,
     load_pixeldit2_fixture,
     pixeldit2_from_official,
     tiny_dinov3,
@@ -202,3 +203,26 @@ def test_class_names_batches_and_outputs():
         generate(pipe, class_labels=[5])
     with pytest.raises(ValueError, match="multiples of the patch size 8"):
         generate(pipe, height=20)
+
+
+@pytest.mark.parametrize(
+    "config, run",
+    [("p2_nonsquare", "heun_n8"), ("p2_nonsquare", "euler_n10_lo0"), ("p2_patch8_resize", "heun_n6_noise2"),
+     ("p2_patch8_resize", "heun_n24_noise2_clamp"), ("p2_no_in_context", "heun_n5")],
+)  # fmt: skip
+def test_official_samplers_on_more_configurations(config, run):
+    # non-square, a lower bound of 0, noise scale 2 with the clamp acting, the encoder resize, no in-context tokens
+    model, encoder, tensors, meta = load_pixeldit2_extra(config)
+    spec = meta["runs"][run]
+    model.register_to_config(noise_scale=spec["noise_scale"])
+    pipe = PixelDiT2Pipeline(model, official_scheduler(spec["sampler"]), encoder)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        class_labels=spec["class_labels"], height=meta["height"], width=meta["width"],
+        num_inference_steps=spec["num_steps"], guidance_scale=spec["guidance_scale"],
+        guidance_interval=spec["guidance_interval"], latents=tensors[f"{run}.noise"], output_type="latent",
+    ).images  # fmt: skip
+    passed, message = tolerance_check(
+        images, tensors[f"{run}.out_official"], tensors[f"{run}.out_official_fp64"], meta["tolerance"][run]
+    )
+    assert passed, message

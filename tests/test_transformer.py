@@ -4,7 +4,8 @@ import pytest
 import torch
 from diffusers import attention_backend
 from peft import LoraConfig
-from pixeldit_testing import load_official_fixture, model_from_official, tiny_inputs, tiny_model
+from pixeldit_testing import FIXTURES, load_official_fixture, model_from_official, tiny_inputs, tiny_model
+from safetensors.torch import load_file
 
 from diffusers_pixeldit import (
     PIXELDIT_PRESETS,
@@ -476,3 +477,18 @@ def test_layerwise_casting_runs():
                 param.copy_(param.to(torch.float8_e4m3fn).float())
     assert not torch.equal(run(rounded, **inputs), reference)
     torch.testing.assert_close(run(model, **inputs), run(rounded, **inputs), rtol=0, atol=0)
+
+
+def test_official_post_modulation_on_another_configuration():
+    # non-square, patch 8: the post-modulation pixel blocks of `postmod_extra`
+    tensors = load_file(FIXTURES / "postmod_extra.safetensors")
+    prefix = "postmod_nonsquare_p8.official_state_dict."
+    model = model_from_official({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    assert model.config.pixel_post_modulation
+    out = -run(
+        model,
+        hidden_states=tensors["postmod_nonsquare_p8.x"],
+        timestep=(1 - tensors["postmod_nonsquare_p8.t_official"]) * 1000,
+        class_labels=tensors["postmod_nonsquare_p8.class_labels"],
+    )
+    assert (out - tensors["postmod_nonsquare_p8.out_official"]).abs().max().item() <= FORWARD_TOLERANCE

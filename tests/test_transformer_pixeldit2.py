@@ -4,6 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig
 from pixeldit_testing import (
+    load_pixeldit2_extra,
     load_pixeldit2_fixture,
     pixeldit2_from_official,
     tiny_dinov3,
@@ -291,3 +292,33 @@ def test_torch_compile_fullgraph_matches_eager():
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
         torch.testing.assert_close(compiled(*inputs, grounding_hidden_states=tokens).sample, eager)
     torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- more official configurations
+
+
+EXTRA_CONFIGS = ["p2_nonsquare", "p2_patch8_resize", "p2_no_in_context"]
+
+
+@pytest.fixture(scope="module", params=EXTRA_CONFIGS)
+def extra(request):
+    return load_pixeldit2_extra(request.param)
+
+
+def extra_check(ours, tensors, meta, name):
+    passed, message = tolerance_check(
+        ours, tensors[f"{name}.out_official"], tensors[f"{name}.out_official_fp64"], meta["tolerance"][name]
+    )
+    assert passed, f"{name}: {message}"
+
+
+def test_official_forwards_of_more_configurations(extra):
+    # non-square, patch 8 with the encoder's bicubic resize, in-context start 0, no in-context tokens, single SiLU,
+    # the rounded SwiGLU width, 2 grounding-projection blocks
+    model, encoder, tensors, meta = extra
+    x, t, labels = tensors["x"], tensors["t_official"], tensors["class_labels"]
+    tokens = encode_grounding(encoder, x, model.config.patch_size)
+    extra_check(tokens, tensors, meta, "grounding_tokens")
+    extra_check(x0_prediction(model, x, t, labels, grounding_hidden_states=tokens), tensors, meta, "forward")
+    extra_check(x0_prediction(model, x, t, labels), tensors, meta, "forward_null")
+    assert model.config.mlp_hidden_multiple == meta["official_config"]["mlp_hidden_multiple"]
