@@ -4,18 +4,22 @@
     python scripts/convert_checkpoint.py --checkpoint imagenet256_pixeldit_xl_epoch320.ckpt --output pixeldit-xl-256
     python scripts/convert_checkpoint.py --checkpoint pixeldit_t2i_v1.pth --text_encoder google/gemma-2-2b-it \\
         --output pixeldit-t2i
+    python scripts/convert_checkpoint.py --checkpoint pixeldit2_h16_in256_ep600.ckpt \\
+        --grounding_encoder facebook/dinov3-vits16-pretrain-lvd1689m --output pixeldit2-h16-256
     python scripts/convert_checkpoint.py --to-official --checkpoint pixeldit-xl-256 --output pixeldit_xl.ckpt
 
-The kind (class-conditional or text-to-image) and the architecture are read from the tensors, the sampling recipe
-from the file name (the releases' model cards), with command-line overrides. Checkpoints are untrusted: pickles are
+The kind (class-conditional, text-to-image or PixelDiT2) and the architecture are read from the tensors, the sampling
+recipe from the file name (the releases' model cards), with command-line overrides. Checkpoints are untrusted: pickles are
 loaded with `torch.load(weights_only=True)`. The output is written next to its destination and renamed into place
 once complete, so a failed conversion leaves nothing behind.
 """
 
 import argparse
 import contextlib
+import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -23,17 +27,27 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData
+from safetensors.torch import load_file
 
-from diffusers_pixeldit import PixelDiTPipeline, PixelDiTT2IPipeline, PixelDiTTransformer2DModel
+from diffusers_pixeldit import (
+    PixelDiT2Pipeline,
+    PixelDiT2Transformer2DModel,
+    PixelDiTPipeline,
+    PixelDiTT2IPipeline,
+    PixelDiTTransformer2DModel,
+)
 from diffusers_pixeldit.conversion import (
     SAMPLERS,
+    dinov3_from_timm_state_dict,
+    infer_pixeldit2_config_from_official_state_dict,
     load_official_checkpoint,
     official_checkpoint_from_transformer,
     official_sampling_recipe,
     sampling_scheduler,
+    split_grounding_encoder,
     transformer_from_official_state_dict,
 )
-from diffusers_pixeldit.models import PIXELDIT_PRESETS
+from diffusers_pixeldit.models import PIXELDIT2_PRESETS, PIXELDIT_PRESETS
 
 
 logger = logging.getLogger("convert_checkpoint")
@@ -42,17 +56,28 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RECIPE_OVERRIDES = ("num_inference_steps", "guidance_scale", "guidance_interval", "shift", "sampler")
 # Options of the official -> diffusers direction, refused with --to-official.
 TO_DIFFUSERS_ONLY = (
-    "weights", "preset", "num_attention_heads", "text_encoder", "resolution", *RECIPE_OVERRIDES, "max_shard_size",
+    "weights", "preset", "num_attention_heads", "text_encoder", "grounding_encoder", "grounding_encoder_heads",
+    "in_context_start", "silu_conditioning", "noise_scale", "resolution", *RECIPE_OVERRIDES, "max_shard_size",
     "push_to_hub", "repo_id", "private", "trust_pickle",
 )  # fmt: skip
+# PixelDiT2 settings the tensors do not hold (the recipe gives them for the release file names).
+PIXELDIT2_OVERRIDES = ("in_context_start", "silu_conditioning", "noise_scale")
 SAMPLER_DESCRIPTIONS = {
     "adams_bashforth": '`PixelDiTFlowScheduler(solver="adams_bashforth")`: the official "FlowDPMSolver" '
     "(2-step Adams-Bashforth)",
     "euler": '`PixelDiTFlowScheduler(solver="euler")`: the official Euler sampler',
+    "heun": '`PixelDiTFlowScheduler(solver="heun", time_grid="uniform")`: the official `GroundedHeunSampler` (Heun '
+    "steps and a final Euler step)",
     "dpmsolver++": "`DPMSolverMultistepScheduler`: DPM-Solver++ (2M) with flow sigmas, the release's sampler",
 }
-RELEASES = {"c2i": "nvidia/PixelDiT-ImageNet", "t2i": "nvidia/PixelDiT-1300M-1024px"}
+RELEASES = {
+    "c2i": "nvidia/PixelDiT-ImageNet",
+    "t2i": "nvidia/PixelDiT-1300M-1024px",
+    "pixeldit2": "nvidia/PixelDiT2-ImageNet",
+}
 GEMMA = "google/gemma-2-2b-it"
+# The released PixelDiT2 models' grounding encoders, by width.
+DINOV3 = {384: "facebook/dinov3-vits16-pretrain-lvd1689m", 768: "facebook/dinov3-vitb16-pretrain-lvd1689m"}
 
 
 def positive(kind):
@@ -93,13 +118,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight set of a checkpoint holding both (default: ema, as the official sampling)",
     )
     parser.add_argument(
-        "--preset", choices=sorted(PIXELDIT_PRESETS), help="expected architecture; an error if the tensors disagree"
+        "--preset",
+        choices=sorted(PIXELDIT_PRESETS | PIXELDIT2_PRESETS),
+        help="expected architecture; an error if the tensors disagree",
     )
     parser.add_argument("--num_attention_heads", type=positive(int), help="expected head count (read from the shapes)")
     parser.add_argument(
         "--text_encoder",
         metavar="PATH_OR_ID",
         help=f"text-to-image: the text encoder (and its tokenizer) to include, e.g. {GEMMA}",
+    )
+    pixeldit2 = parser.add_argument_group("PixelDiT2")
+    pixeldit2.add_argument(
+        "--grounding_encoder",
+        metavar="PATH_OR_ID",
+        help="the frozen DINOv3 when the checkpoint does not hold it: a transformers DINOv3ViTModel folder or Hub id "
+        f"({DINOV3[384]} for the 256 px release, {DINOV3[768]} for 512 px) or a timm DINOv3 .safetensors file",
+    )
+    pixeldit2.add_argument(
+        "--grounding_encoder_heads",
+        type=positive(int),
+        help="attention heads of a grounding encoder read from timm weights (default: width / 64, as DINOv3)",
+    )
+    pixeldit2.add_argument(
+        "--in_context_start", type=int, help="block the in-context class tokens join at (default: the architecture's)"
+    )
+    pixeldit2.add_argument(
+        "--silu_conditioning",
+        choices=["true", "false"],
+        help="SiLU on the per-patch conditioning (the 256 px release: true; 512 px: false, its single SiLU)",
+    )
+    pixeldit2.add_argument("--noise_scale", type=positive(float), help="the trained noise scale (256 px: 1, 512: 2)")
+    pixeldit2.add_argument(
+        "--include_grounding_encoder",
+        action="store_true",
+        help="with --to-official: write the grounding encoder into the checkpoint too (the releases hold none)",
     )
     recipe = parser.add_argument_group("sampling recipe (default: the model card's, chosen from the file name)")
     recipe.add_argument("--resolution", type=positive(int), help="image side in pixels (the default sample size)")
@@ -188,6 +241,23 @@ def model_card(
         )
         what = f"a class-conditional `PixelDiTPipeline` ({config.num_classes} classes)"
         note = ""
+    elif kind == "pixeldit2":
+        label = 207 if config.num_classes > 207 else 0
+        usage = (
+            "import torch\nfrom diffusers_pixeldit import PixelDiT2Pipeline\n\n"
+            f'pipe = PixelDiT2Pipeline.from_pretrained("{location}"{load_options})\n'
+            f"image = pipe(class_labels=[{label}], generator=torch.Generator().manual_seed(0)).images[0]"
+        )
+        encoder = pipe.grounding_encoder
+        what = (
+            f"a class-conditional `PixelDiT2Pipeline` ({config.num_classes} classes) with its frozen grounding encoder "
+            f"(`{type(encoder).__name__}`, width {encoder.config.hidden_size})"
+        )
+        note = (
+            "\n\nThe grounding encoder is Meta's DINOv3, under the DINOv3 licence (its weights are gated on the Hub: "
+            f"accept the licence at [{DINOV3.get(encoder.config.hidden_size, DINOV3[384])}]"
+            f"(https://huggingface.co/{DINOV3.get(encoder.config.hidden_size, DINOV3[384])}) before sharing them)."
+        )
     elif pipe.text_encoder is not None:
         usage = (
             "import torch\nfrom diffusers_pixeldit import PixelDiTT2IPipeline\n\n"
@@ -215,12 +285,18 @@ def model_card(
         )
     low, high = recipe["guidance_interval"]
     origin = recipe["description"] + (f"; overridden: {', '.join(overridden)}" if overridden else "")
-    body = f"""# PixelDiT for diffusers
+    body = f"""# {"PixelDiT2" if kind == "pixeldit2" else "PixelDiT"} for diffusers
 
-[PixelDiT](https://arxiv.org/abs/2511.20645) (NVIDIA) generates images directly in pixel space, without a VAE. This
+[PixelDiT](https://arxiv.org/abs/2511.20645) (NVIDIA) generates images directly in pixel space, without a VAE{
+        "; PixelDiT2 grounds every step on a frozen DINOv3's view of the noisy image" if kind == "pixeldit2" else ""
+    }. This
 is {what}, converted from {source} (the checkpoint format of the official release
-[{RELEASES[kind]}](https://huggingface.co/{RELEASES[kind]})) with `scripts/convert_checkpoint.py` of diffusers-pixeldit.
-Transformer: {parameters / 1e6:.1f}M parameters in {dtype}; default resolution {config.sample_size}x{config.sample_size}.{note}
+[{RELEASES[kind]}](https://huggingface.co/{
+        RELEASES[kind]
+    })) with `scripts/convert_checkpoint.py` of diffusers-pixeldit.
+Transformer: {parameters / 1e6:.1f}M parameters in {dtype}; default resolution {config.sample_size}x{
+        config.sample_size
+    }.{note}
 
 ## Licence
 
@@ -245,18 +321,58 @@ The pipeline's defaults follow the {origin}. Each can be changed per call (`num_
 | Timeshift | {recipe["shift"]} | `scheduler/scheduler_config.json` |
 | Steps | {recipe["num_inference_steps"]} | `model_index.json`: `default_num_inference_steps` |
 | CFG scale | {recipe["guidance_scale"]} | `model_index.json`: `default_guidance_scale` |
-| CFG interval | {low} < t < {high}, t = 1 - sigma (0 = noise, 1 = image) | `model_index.json`: `default_guidance_interval` |
+| CFG interval | {low} < t < {
+        high
+    }, t = 1 - sigma (0 = noise, 1 = image) | `model_index.json`: `default_guidance_interval` |
 | Resolution | {config.sample_size} | `transformer/config.json`: `sample_size` |
 """
+    if kind == "pixeldit2":
+        body += f"| Noise scale | {config.noise_scale} | `transformer/config.json`: `noise_scale` |\n"
     data = ModelCardData(
         license="other",
         license_name="nsclv1",
         license_link=f"https://huggingface.co/{RELEASES[kind]}",
         library_name="diffusers",
         pipeline_tag="text-to-image" if kind == "t2i" else None,
-        tags=["pixeldit", "pixel-space", "text-to-image" if kind == "t2i" else "class-conditional"],
+        tags=["pixeldit", "pixel-space", "text-to-image" if kind == "t2i" else "class-conditional"]
+        + (["pixeldit2", "dinov3"] if kind == "pixeldit2" else []),
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def load_grounding_encoder(name_or_path: str, num_attention_heads: int | None, dtype: torch.dtype):
+    """The grounding encoder of --grounding_encoder: a timm DINOv3 safetensors file, else a transformers DINOv3 folder
+    or Hub id."""
+    path = Path(name_or_path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"--grounding_encoder {path}: a timm DINOv3 state dict must be a .safetensors file.")
+        return dinov3_from_timm_state_dict(load_file(path), num_attention_heads).to(dtype)
+    from transformers import DINOv3ViTModel
+
+    return DINOv3ViTModel.from_pretrained(name_or_path, dtype=dtype).eval()
+
+
+def pixeldit2_components(args, state_dict: dict, dtype: torch.dtype):
+    """(denoiser state dict, grounding encoder, default resolution) of a PixelDiT2 checkpoint."""
+    state_dict, encoder_weights = split_grounding_encoder(state_dict)
+    width = infer_pixeldit2_config_from_official_state_dict(state_dict)["grounding_embed_dim"]
+    if encoder_weights is not None and args.grounding_encoder:
+        raise ValueError("The checkpoint holds its grounding encoder: drop --grounding_encoder.")
+    if encoder_weights is not None:
+        logger.info(f"Grounding encoder: the checkpoint's DINOv3 ({len(encoder_weights)} tensors, timm names)")
+        encoder = dinov3_from_timm_state_dict(encoder_weights, args.grounding_encoder_heads).to(dtype)
+    elif args.grounding_encoder:
+        logger.info(f"Grounding encoder: {args.grounding_encoder}")
+        encoder = load_grounding_encoder(args.grounding_encoder, args.grounding_encoder_heads, dtype)
+    else:
+        raise ValueError(
+            f"This PixelDiT2 checkpoint holds no grounding encoder: pass --grounding_encoder "
+            f"{DINOV3.get(width, DINOV3[384])} (or a local transformers DINOv3 folder, or a timm DINOv3 .safetensors "
+            f"file), a DINOv3 of width {width}."
+        )
+    # the 512 px release grounds with the 768-wide DINOv3 ViT-B/16
+    return state_dict, encoder, 512 if width == 768 else None
 
 
 def convert_to_diffusers(args):
@@ -266,34 +382,51 @@ def convert_to_diffusers(args):
     check_output(output, args.overwrite)
     logger.info(f"Reading {checkpoint}")
     state_dict, kind = load_official_checkpoint(checkpoint, args.weights, args.trust_pickle)
+    dtype = DTYPES[args.dtype]
     if args.text_encoder and kind != "t2i":
-        raise ValueError("--text_encoder is for text-to-image checkpoints; this one is class-conditional.")
-    recipe = official_sampling_recipe(checkpoint.name, kind, args.resolution)
+        raise ValueError(f"--text_encoder is for text-to-image checkpoints; this one is {kind}.")
+    pixeldit2_options = [name for name in ("grounding_encoder", *PIXELDIT2_OVERRIDES) if getattr(args, name)]
+    if pixeldit2_options and kind != "pixeldit2":
+        raise ValueError(f"--{', --'.join(pixeldit2_options)} are for PixelDiT2 checkpoints; this one is {kind}.")
+    resolution = args.resolution
+    if kind == "pixeldit2":
+        state_dict, grounding_encoder, encoder_resolution = pixeldit2_components(args, state_dict, dtype)
+        has_resolution = re.search(r"(?<!\d)(256|512)(?!\d)", checkpoint.name)
+        resolution = resolution or (None if has_resolution else encoder_resolution)
+    recipe = official_sampling_recipe(checkpoint.name, kind, resolution)
     overridden = [name for name in RECIPE_OVERRIDES if getattr(args, name) is not None]
     recipe.update({name: getattr(args, name) for name in overridden})
     if args.resolution is not None:
         overridden.insert(0, "resolution")
+    transformer_settings = dict(recipe["transformer"])
+    for name in PIXELDIT2_OVERRIDES:
+        if getattr(args, name) is not None:
+            value = getattr(args, name)
+            transformer_settings[name] = value == "true" if name == "silu_conditioning" else value
+            overridden.append(name)
 
-    state_dict = {key: tensor.to(DTYPES[args.dtype]) for key, tensor in state_dict.items()}
+    state_dict = {key: tensor.to(dtype) for key, tensor in state_dict.items()}
     transformer = transformer_from_official_state_dict(
-        state_dict, args.preset, args.num_attention_heads, sample_size=recipe["sample_size"]
+        state_dict, args.preset, args.num_attention_heads, sample_size=recipe["sample_size"], **transformer_settings
     )
     config = transformer.config
     if config.sample_size % config.patch_size:
         raise ValueError(
             f"The resolution {config.sample_size} is not a multiple of the patch size {config.patch_size}."
         )
+    blocks = f"{config.num_layers} blocks of width {transformer.inner_dim} ({config.num_attention_heads} heads)"
+    if kind != "pixeldit2":
+        blocks += f", {config.num_pixel_layers} pixel blocks of width {config.pixel_embed_dim}"
     logger.info(
-        f"Architecture: patch {config.patch_size}, {config.num_layers} patch blocks of width "
-        f"{transformer.inner_dim} ({config.num_attention_heads} heads), {config.num_pixel_layers} pixel blocks of "
-        f"width {config.pixel_embed_dim}; {sum(p.numel() for p in transformer.parameters()):,} parameters"
+        f"Architecture: patch {config.patch_size}, {blocks}; {sum(p.numel() for p in transformer.parameters()):,} "
+        "parameters"
     )
     logger.info(
         f"Sampling recipe ({recipe['description']}{'; overridden: ' + ', '.join(overridden) if overridden else ''}): "
         f"{recipe['sampler']}, {recipe['num_inference_steps']} steps, CFG {recipe['guidance_scale']} in "
         f"{tuple(recipe['guidance_interval'])}, shift {recipe['shift']}, {recipe['sample_size']} px"
     )
-    scheduler = sampling_scheduler(recipe["sampler"], recipe["shift"])
+    scheduler = sampling_scheduler(recipe["sampler"], recipe["shift"], recipe["time_grid"])
     defaults = {
         "default_num_inference_steps": recipe["num_inference_steps"],
         "default_guidance_scale": recipe["guidance_scale"],
@@ -301,12 +434,12 @@ def convert_to_diffusers(args):
     }
     if kind == "c2i":
         pipe = PixelDiTPipeline(transformer, scheduler, **defaults)
+    elif kind == "pixeldit2":
+        pipe = PixelDiT2Pipeline(transformer, scheduler, grounding_encoder, **defaults)
     else:
         tokenizer = text_encoder = None
         if args.text_encoder:
-            tokenizer, text_encoder = load_text_components(
-                args.text_encoder, config.text_embed_dim, DTYPES[args.dtype]
-            )
+            tokenizer, text_encoder = load_text_components(args.text_encoder, config.text_embed_dim, dtype)
         else:
             logger.warning(
                 "No --text_encoder: writing the pipeline without tokenizer and text encoder (optional components; "
@@ -316,7 +449,7 @@ def convert_to_diffusers(args):
 
     location = args.repo_id or str(output)
     source = f"`{checkpoint.name}`"
-    if kind == "c2i":
+    if kind != "t2i":
         source += " (EMA weights)" if args.weights == "ema" else " (raw weights)"
     card = model_card(pipe, kind, recipe, source, location, args.variant, overridden)
     with staged(output) as staging:
@@ -344,14 +477,27 @@ def convert_to_official(args):
             f"--to-official reads a diffusers pipeline (or transformer) folder; {source} is not a folder."
         )
     check_output(output, args.overwrite)
-    transformer = PixelDiTTransformer2DModel.from_pretrained(
-        source,
-        subfolder="transformer" if (source / "model_index.json").is_file() else None,
-        variant=args.variant,
-        dtype=DTYPES[args.dtype],
-        use_safetensors=True,
+    is_pipeline = (source / "model_index.json").is_file()
+    folder = source / "transformer" if is_pipeline else source
+    class_name = (
+        json.loads((folder / "config.json").read_text()).get("_class_name")
+        if (folder / "config.json").is_file()
+        else None
     )
-    checkpoint = official_checkpoint_from_transformer(transformer)
+    model_class = (
+        PixelDiT2Transformer2DModel if class_name == "PixelDiT2Transformer2DModel" else PixelDiTTransformer2DModel
+    )
+    transformer = model_class.from_pretrained(
+        folder, variant=args.variant, dtype=DTYPES[args.dtype], use_safetensors=True
+    )
+    grounding_encoder = None
+    if args.include_grounding_encoder:
+        if model_class is not PixelDiT2Transformer2DModel or not (source / "grounding_encoder").is_dir():
+            raise ValueError(f"--include_grounding_encoder: {source} is not a PixelDiT2 pipeline with its encoder.")
+        from transformers import DINOv3ViTModel
+
+        grounding_encoder = DINOv3ViTModel.from_pretrained(source / "grounding_encoder", dtype=DTYPES[args.dtype])
+    checkpoint = official_checkpoint_from_transformer(transformer, grounding_encoder)
     with staged(output) as staging:
         torch.save(checkpoint, staging)
     prefixes = sorted({key.split(".", 1)[0] for key in checkpoint["state_dict"]})
@@ -367,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         refused = [f"--{name}" for name in TO_DIFFUSERS_ONLY if getattr(args, name) != parser.get_default(name)]
         if refused:
             parser.error(f"{', '.join(refused)} cannot be used with --to-official")
+    elif args.include_grounding_encoder:
+        parser.error("--include_grounding_encoder goes with --to-official")
     if args.push_to_hub and not args.repo_id:
         parser.error("--push_to_hub needs --repo_id")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -9,11 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
-from pixeldit_testing import FIXTURES, load_official_fixture, tiny_model, tiny_text_components, tolerance_check
+from pixeldit_testing import (
+    FIXTURES,
+    load_official_fixture,
+    load_pixeldit2_extra,
+    load_pixeldit2_fixture,
+    tiny_model,
+    tiny_text_components,
+    tolerance_check,
+)
 from safetensors.torch import load_file, save_file
 
 from diffusers_pixeldit import (
     PIXELDIT_PRESETS,
+    PixelDiT2Pipeline,
     PixelDiTFlowScheduler,
     PixelDiTPipeline,
     PixelDiTT2IPipeline,
@@ -400,7 +409,7 @@ def test_release_file_names_choose_the_model_card_recipe():
     recipe = official_sampling_recipe("imagenet256_pixeldit_xl_epoch320.ckpt", "c2i")
     assert recipe | {"description": None} == {
         "sample_size": 256, "num_inference_steps": 100, "guidance_scale": 2.75, "guidance_interval": (0.1, 0.9),
-        "shift": 1.0, "sampler": "adams_bashforth", "description": None,
+        "shift": 1.0, "sampler": "adams_bashforth", "time_grid": "pixeldit", "transformer": {}, "description": None,
     }  # fmt: skip
     for epoch in (80, 160):
         recipe = official_sampling_recipe(f"imagenet256_pixeldit_xl_epoch{epoch}.ckpt", "c2i")
@@ -412,9 +421,22 @@ def test_release_file_names_choose_the_model_card_recipe():
     recipe = official_sampling_recipe("pixeldit_t2i_v1.pth", "t2i")
     assert recipe | {"description": None} == {
         "sample_size": 1024, "num_inference_steps": 50, "guidance_scale": 3.5, "guidance_interval": (0.0, 1.0),
-        "shift": 4.0, "sampler": "dpmsolver++", "description": None,
+        "shift": 4.0, "sampler": "dpmsolver++", "time_grid": "pixeldit", "transformer": {}, "description": None,
     }  # fmt: skip
     assert official_sampling_recipe("pixeldit_t2i_v1.pth", "t2i", resolution=512)["shift"] == 3.0
+
+
+def test_pixeldit2_release_file_names_choose_the_model_card_recipe():
+    recipe = official_sampling_recipe("pixeldit2_h16_in256_ep600.ckpt", "pixeldit2")
+    assert recipe | {"description": None} == {
+        "sample_size": 256, "num_inference_steps": 50, "guidance_scale": 2.4, "guidance_interval": (0.125, 0.9),
+        "shift": 1.0, "sampler": "heun", "time_grid": "uniform",
+        "transformer": {"silu_conditioning": True, "noise_scale": 1.0}, "description": None,
+    }  # fmt: skip
+    recipe = official_sampling_recipe("pixeldit2_h16_in512_ep680.ckpt", "pixeldit2")
+    assert (recipe["sample_size"], recipe["guidance_scale"], recipe["guidance_interval"], recipe["transformer"]) == (
+        512, 2.1, (0.1, 0.925), {"silu_conditioning": False, "noise_scale": 2.0},
+    )  # fmt: skip
 
 
 def test_converted_release_samples_its_recipe_with_class_labels_only(tmp_path):
@@ -502,3 +524,108 @@ def test_push_to_hub_uploads_the_converted_folder(tmp_path, monkeypatch):
     PixelDiTPipeline.from_pretrained(output)
     with pytest.raises(SystemExit):
         convert("--checkpoint", C2I_CHECKPOINT, "--output", tmp_path / "other", "--push_to_hub")
+
+
+# ---------------------------------------------------------------- PixelDiT2
+
+PIXELDIT2_CHECKPOINT = FIXTURES / "pixeldit2_tiny" / "official_checkpoint.ckpt"
+PIXELDIT2_ENCODER = FIXTURES / "pixeldit2_tiny" / "grounding_encoder_timm.safetensors"
+# what the tiny fixture's tensors do not say: its encoder's head count, where its in-context tokens join
+PIXELDIT2_TINY_OPTIONS = ["--grounding_encoder_heads", 2, "--in_context_start", 1, "--resolution", 64]
+
+
+def test_pixeldit2_fixture_converts_with_a_timm_encoder_and_reproduces_the_official_outputs(tmp_path):
+    output = tmp_path / "pixeldit2"
+    assert convert("--checkpoint", PIXELDIT2_CHECKPOINT, "--output", output, "--grounding_encoder", PIXELDIT2_ENCODER,
+                   *PIXELDIT2_TINY_OPTIONS, "--num_inference_steps", 24) == 0  # fmt: skip
+    _, _, cases, meta = load_pixeldit2_fixture()
+    pipe = PixelDiT2Pipeline.from_pretrained(output)
+    pipe.set_progress_bar_config(disable=True)
+    assert json.loads((output / "model_index.json").read_text())["grounding_encoder"][1] == "DINOv3ViTModel"
+    tokens = pipe.encode_grounding(cases["forward.x"])
+    passed, message = tolerance_check(tokens, cases["forward.grounding_tokens.out_official"],
+                                      cases["forward.grounding_tokens.out_official_fp64"], 1e-5)  # fmt: skip
+    assert passed, message
+    # the model card's recipe (Heun, CFG 2.4 in (0.125, 0.9)) with the fixture's 24 steps: no sampling arguments
+    images = pipe(class_labels=cases["sample.class_labels"].tolist(), latents=cases["sample.noise"],
+                  output_type="latent").images  # fmt: skip
+    passed, message = tolerance_check(
+        images, cases["sample.heun.out_official"], cases["sample.heun.out_official_fp64"], SAMPLING_TOLERANCE
+    )
+    assert passed, message
+    card = ModelCard.load(output / "README.md")
+    assert "PixelDiT2" in card.text and "DINOv3 licence" in card.text and "Noise scale | 1.0" in card.text
+
+
+def test_pixeldit2_checkpoint_holding_its_encoder_converts_and_back_bit_exactly(tmp_path):
+    checkpoint = FIXTURES / "pixeldit2_with_encoder" / "official_checkpoint.ckpt"
+    output = tmp_path / "pixeldit2"
+    assert convert("--checkpoint", checkpoint, "--output", output, "--grounding_encoder_heads", 1,
+                   "--in_context_start", 0, "--silu_conditioning", "false", "--noise_scale", 2,
+                   "--resolution", 32) == 0  # fmt: skip
+    pipe = PixelDiT2Pipeline.from_pretrained(output)
+    assert pipe.transformer.config.noise_scale == 2.0 and not pipe.transformer.config.silu_conditioning
+    # its EMA weights are the `p2_patch8_resize` configuration of the extra fixtures
+    _, _, tensors, meta = load_pixeldit2_extra("p2_patch8_resize")
+    x, t, labels = tensors["x"], tensors["t_official"], tensors["class_labels"]
+    sigma = 1 - t.double()
+    with torch.no_grad():
+        velocity = pipe.transformer(x, (sigma * 1000).float(), labels,
+                                    grounding_hidden_states=pipe.encode_grounding(x)).sample  # fmt: skip
+    x0 = x - sigma.clamp(min=0.05).float().view(-1, 1, 1, 1) * velocity
+    assert (x0 - tensors["forward.out_official"]).abs().max() <= meta["tolerance"]["forward"]
+
+    back = tmp_path / "back.ckpt"
+    assert convert("--to-official", "--checkpoint", output, "--output", back, "--include_grounding_encoder") == 0
+    original = official_state_dict(checkpoint, "ema_denoiser.")
+    converted = official_state_dict(back, "ema_denoiser.")
+    assert converted.keys() == original.keys() and any(k.startswith("dino_conditioner.encoder.") for k in original)
+    assert all(torch.equal(converted[k], original[k]) for k in original)
+
+
+def test_pixeldit2_round_trip_without_the_encoder_is_the_release_layout(tmp_path):
+    output, back = tmp_path / "pixeldit2", tmp_path / "back.ckpt"
+    convert("--checkpoint", PIXELDIT2_CHECKPOINT, "--output", output, "--grounding_encoder", PIXELDIT2_ENCODER,
+            *PIXELDIT2_TINY_OPTIONS)  # fmt: skip
+    assert convert("--to-official", "--checkpoint", output, "--output", back) == 0
+    original, converted = (
+        official_state_dict(PIXELDIT2_CHECKPOINT, "ema_denoiser."),
+        official_state_dict(back, "denoiser."),
+    )
+    assert converted.keys() == original.keys() and all(torch.equal(converted[k], original[k]) for k in original)
+
+
+def test_pixeldit2_takes_a_transformers_encoder_folder(tmp_path):
+    encoder_folder = tmp_path / "dinov3"
+    load_pixeldit2_fixture()[1].save_pretrained(encoder_folder)
+    output = tmp_path / "pixeldit2"
+    assert convert("--checkpoint", PIXELDIT2_CHECKPOINT, "--output", output, "--grounding_encoder", encoder_folder,
+                   "--in_context_start", 1) == 0  # fmt: skip
+    assert PixelDiT2Pipeline.from_pretrained(output).grounding_encoder.config.num_attention_heads == 2
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ([], r"holds no grounding encoder: pass --grounding_encoder facebook/dinov3-vits16-pretrain-lvd1689m"),
+        (["--grounding_encoder", FIXTURES / "pixeldit2_tiny" / "meta.json"], r"must be a \.safetensors file"),
+        (["--grounding_encoder_heads", 3, "--grounding_encoder", PIXELDIT2_ENCODER], "heads|divisible"),
+    ],
+    ids=["no_encoder", "not_safetensors", "wrong_heads"],
+)
+def test_pixeldit2_bad_encoder_input_is_a_one_line_error(tmp_path, capsys, options, match):
+    assert convert("--checkpoint", PIXELDIT2_CHECKPOINT, "--output", tmp_path / "out", "--in_context_start", 1,
+                   *options) == 1  # fmt: skip
+    assert_error(capsys, match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pixeldit2_encoder_of_the_wrong_width_is_a_one_line_error(tmp_path, capsys):
+    wrong = tmp_path / "encoder.safetensors"  # a 16-wide DINOv3 for a transformer grounded on 32-wide tokens
+    _, _, tensors, _ = load_pixeldit2_extra("p2_patch8_resize")
+    save_file({k[len("grounding_encoder_timm.") :]: v.contiguous() for k, v in tensors.items()
+               if k.startswith("grounding_encoder_timm.")}, wrong)  # fmt: skip
+    assert convert("--checkpoint", PIXELDIT2_CHECKPOINT, "--output", tmp_path / "out", "--grounding_encoder", wrong,
+                   "--grounding_encoder_heads", 1, "--in_context_start", 1) == 1  # fmt: skip
+    assert_error(capsys, r"width 16 is not the transformer's grounding_embed_dim 32")
+    assert not (tmp_path / "out").exists()

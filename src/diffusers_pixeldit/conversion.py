@@ -166,6 +166,9 @@ _LAYOUTS = [
 ]
 
 
+_PIXELDIT2_LAYOUT = _LAYOUTS[0]
+
+
 def _layout(state_dict: dict[str, torch.Tensor], ours: bool) -> _Layout:
     """The layout a state dict (official names, or ours) has; the class-conditional PixelDiT one by default."""
     return next(layout for layout in _LAYOUTS if layout.marker[ours] in state_dict or not layout.marker[ours])
@@ -474,6 +477,21 @@ def infer_pixeldit2_config_from_official_state_dict(state_dict: dict[str, torch.
     }
 
 
+def _pixeldit2_in_context_start(config: dict[str, Any]) -> int:
+    """The block the in-context tokens join at, which the tensors do not say: that of the official architecture with
+    this width and depth (8 for the released H/16 models), else the official default, 8."""
+    architecture = ("num_layers", "num_attention_heads", "attention_head_dim")
+    default = inspect.signature(PixelDiT2Transformer2DModel.__init__).parameters["in_context_start"].default
+    for preset in PIXELDIT2_PRESETS.values():
+        if all(preset.get(key) == config[key] for key in architecture):
+            return preset.get("in_context_start", default)
+    logger.warning(
+        f"The PixelDiT2 architecture {[config[key] for key in architecture]} is none of the official ones: the "
+        f"in-context tokens are assumed to join at block {default} (set `in_context_start` if not)."
+    )
+    return default
+
+
 # ---------------------------------------------------------------- checkpoint files
 
 # Top-level prefixes of the official checkpoints: the two C2I weight sets (Lightning), the single T2I set, and the
@@ -483,7 +501,9 @@ _SINGLE_SET = "core"
 _TRAINING_ONLY = ("diffusion_trainer", "_repa_projector")
 # Wrapper modules that prefix parameter names: DDP/FSDP (`module.`) and `torch.compile` (`_orig_mod.`).
 _WRAPPERS = {"module", "_orig_mod"}
-_KIND_NAMES = {"c2i": "class-conditional", "t2i": "text-to-image"}
+_KIND_NAMES = {"c2i": "class-conditional", "t2i": "text-to-image", "pixeldit2": "PixelDiT2 class-conditional"}
+# Where the official PixelDiT2 keeps its frozen grounding encoder (timm names below it).
+GROUNDING_ENCODER_PREFIX = "dino_conditioner.encoder."
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -544,7 +564,9 @@ def load_official_checkpoint(
             arbitrary unpickling (which can run code) is refused unless this is True.
 
     Returns:
-        `(state_dict, kind)`, kind `"c2i"` (class-conditional) or `"t2i"` (text-to-image), read from the tensors.
+        `(state_dict, kind)`, kind `"c2i"` (class-conditional), `"t2i"` (text-to-image) or `"pixeldit2"`, read
+        from the tensors. A PixelDiT2 state dict keeps its grounding encoder's tensors when the file has them (see
+        `split_grounding_encoder`).
 
     Raises:
         FileNotFoundError: if there is no such file.
@@ -603,7 +625,9 @@ def load_official_checkpoint(
             f"Dropped {len(dropped)} tensors inference does not use (REPA projector, pos_embed): {sorted(dropped)}."
         )
 
-    if "y_embedder.proj.weight" in state_dict:
+    if _PIXELDIT2_LAYOUT.marker[0] in state_dict:
+        kind = "pixeldit2"
+    elif "y_embedder.proj.weight" in state_dict:
         kind = "t2i"
     elif "y_embedder.embedding_table.weight" in state_dict:
         kind = "c2i"
@@ -665,7 +689,7 @@ def transformer_from_official_state_dict(
         ValueError: if the preset or head count disagrees, or any tensor is unexpected, missing or mis-shaped (all are
             listed).
     """
-    if _layout(state_dict, ours=False) is _LAYOUTS[0]:
+    if _layout(state_dict, ours=False) is _PIXELDIT2_LAYOUT:
         model_class, presets = PixelDiT2Transformer2DModel, PIXELDIT2_PRESETS
         config = infer_pixeldit2_config_from_official_state_dict(state_dict)
         if num_attention_heads is not None and num_attention_heads != config["num_attention_heads"]:
@@ -673,6 +697,8 @@ def transformer_from_official_state_dict(
                 f"num_attention_heads={num_attention_heads} disagrees with the checkpoint's "
                 f"{config['num_attention_heads']} heads (from its q/k-norm width)."
             )
+        if preset is None and "in_context_start" not in config_overrides and config["in_context_length"]:
+            config["in_context_start"] = _pixeldit2_in_context_start(config)
     else:
         model_class, presets = PixelDiTTransformer2DModel, PIXELDIT_PRESETS
         config = infer_config_from_official_state_dict(state_dict, num_attention_heads)
@@ -699,17 +725,93 @@ def transformer_from_official_state_dict(
     return model.eval()
 
 
+def split_grounding_encoder(
+    state_dict: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """`(denoiser, encoder)`: an official PixelDiT2 state dict without its grounding encoder, and the encoder's timm
+    state dict (None when the checkpoint does not hold it, as the releases' README says they don't)."""
+    encoder = {
+        k[len(GROUNDING_ENCODER_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(GROUNDING_ENCODER_PREFIX)
+    }
+    denoiser = {k: v for k, v in state_dict.items() if not k.startswith(GROUNDING_ENCODER_PREFIX)}
+    return denoiser, encoder or None
+
+
+# DINOv3's fixed settings (timm `vit_*_patch16_dinov3_qkvb`, transformers `DINOv3ViTConfig`); its head dim is 64.
+_DINOV3_SETTINGS = {
+    "rope_theta": 100.0,
+    "layer_norm_eps": 1e-5,
+    "hidden_act": "gelu",
+    "query_bias": True,
+    "key_bias": False,
+    "value_bias": True,
+    "proj_bias": True,
+    "mlp_bias": True,
+    "use_gated_mlp": False,
+}
+DINOV3_HEAD_DIM = 64
+
+
+def dinov3_config_from_timm_state_dict(
+    state_dict: dict[str, torch.Tensor], num_attention_heads: int | None = None
+) -> dict[str, Any]:
+    """The `transformers.DINOv3ViTConfig` entries of a timm DINOv3 state dict: sizes from the shapes, heads from
+    DINOv3's head dim of 64 unless `num_attention_heads` is given (the shapes do not say)."""
+    try:
+        hidden_size = state_dict["cls_token"].shape[-1]
+        patch_embed = state_dict["patch_embed.proj.weight"]  # (C, 3, p, p)
+        intermediate_size = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
+        num_register_tokens = state_dict["reg_token"].shape[1] if "reg_token" in state_dict else 0
+    except KeyError as error:
+        raise ValueError(f"Not a timm DINOv3 ViT state dict: no tensor {error}.") from None
+    if num_attention_heads is None:
+        if hidden_size % DINOV3_HEAD_DIM:
+            raise ValueError(
+                f"The grounding encoder's width {hidden_size} is not a multiple of DINOv3's head dim "
+                f"{DINOV3_HEAD_DIM}: give its head count."
+            )
+        num_attention_heads = hidden_size // DINOV3_HEAD_DIM
+    if hidden_size % num_attention_heads:
+        raise ValueError(
+            f"The grounding encoder's width {hidden_size} is not divisible by {num_attention_heads} heads."
+        )
+    return {
+        **_DINOV3_SETTINGS,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": _block_count(state_dict, "blocks"),
+        "num_attention_heads": num_attention_heads,
+        "patch_size": patch_embed.shape[-1],
+        "num_channels": patch_embed.shape[1],
+        "num_register_tokens": num_register_tokens,
+        "layerscale_value": 1.0,  # initial value only: the checkpoint's layer scales replace it
+    }
+
+
+def dinov3_from_timm_state_dict(state_dict: dict[str, torch.Tensor], num_attention_heads: int | None = None):
+    """A `transformers.DINOv3ViTModel` (eval mode, frozen) holding a timm DINOv3 state dict."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    encoder = DINOv3ViTModel(DINOv3ViTConfig(**dinov3_config_from_timm_state_dict(state_dict, num_attention_heads)))
+    encoder.load_state_dict(timm_dinov3_to_transformers_state_dict(state_dict), strict=True)
+    return encoder.to(next(iter(state_dict.values())).dtype).eval().requires_grad_(False)
+
+
 def official_checkpoint_from_transformer(
-    transformer: PixelDiTTransformer2DModel,
+    transformer: PixelDiTTransformer2DModel | PixelDiT2Transformer2DModel, grounding_encoder=None
 ) -> dict[str, dict[str, torch.Tensor]]:
     """The official checkpoint layout of `transformer`'s weights, for `torch.save` (loadable with `weights_only=True`).
 
-    Class-conditional: `{"state_dict": {"ema_denoiser.<k>": ..., "denoiser.<k>": ...}}`, both sets holding these (the
-    converted, normally EMA) weights, as the official Lightning code loads either. Text-to-image:
-    `{"state_dict": {"core.<k>": ...}}`.
+    Class-conditional (PixelDiT, PixelDiT2): `{"state_dict": {"ema_denoiser.<k>": ..., "denoiser.<k>": ...}}`, both
+    sets holding these (the converted, normally EMA) weights, as the official Lightning code loads either; a PixelDiT2
+    `grounding_encoder` (a transformers DINOv3ViTModel) is included under both, in timm names, when given (the
+    releases do not hold it). Text-to-image: `{"state_dict": {"core.<k>": ...}}`.
     """
     state_dict = diffusers_to_official_state_dict(transformer.state_dict())
-    if transformer.config.text_embed_dim is not None:
+    if grounding_encoder is not None:
+        encoder = transformers_dinov3_to_timm_state_dict(grounding_encoder.state_dict())
+        state_dict.update({f"{GROUNDING_ENCODER_PREFIX}{key}": tensor for key, tensor in encoder.items()})
+    if getattr(transformer.config, "text_embed_dim", None) is not None:
         prefixes = [_SINGLE_SET]
     else:
         prefixes = [_WEIGHT_SETS["ema"], _WEIGHT_SETS["raw"]]
@@ -718,7 +820,7 @@ def official_checkpoint_from_transformer(
 
 # ---------------------------------------------------------------- sampling recipes of the releases' model cards
 
-SAMPLERS = ("adams_bashforth", "euler", "dpmsolver++")
+SAMPLERS = ("adams_bashforth", "euler", "heun", "dpmsolver++")
 
 
 def official_sampling_recipe(filename: str | Path, kind: str, resolution: int | None = None) -> dict[str, Any]:
@@ -728,24 +830,28 @@ def official_sampling_recipe(filename: str | Path, kind: str, resolution: int | 
     `*epoch80*` / `*epoch160*` → CFG 3.25, [0.1, 1.0], shift 1.0; `*epoch320*` (and any other name, with a warning)
     → CFG 2.75, [0.1, 0.9], shift 1.0; all 100 steps of the official 2-step Adams–Bashforth sampler ("FlowDPMSolver").
     Text-to-image: DPM-Solver++ (2M, flow), 50 steps, CFG 3.5, no interval, flow shift 4.0 at 1024 px (3.0 at
-    512 px and below). Intervals are in the model-card time t = 1 − σ.
+    512 px and below). PixelDiT2 (`pixeldit2_h16_in256_ep600.ckpt` / `pixeldit2_h16_in512_ep680.ckpt`): Heun on the
+    uniform grid, 50 steps, no shift; 256 px CFG 2.4 in (0.125, 0.9), noise scale 1 and double SiLU conditioning;
+    512 px CFG 2.1 in (0.1, 0.925), noise scale 2 and single SiLU. Intervals are in the model-card time t = 1 − σ.
 
     Args:
         filename: the checkpoint's file name (or path).
-        kind (`str`): `"c2i"` or `"t2i"`.
+        kind (`str`): `"c2i"`, `"t2i"` or `"pixeldit2"`.
         resolution (`int`, *optional*): the image side; read from the file name (256, 512 or 1024) if not given,
             else 256 (class-conditional) or 1024 (text-to-image).
 
     Returns:
         A dict with `sample_size`, `num_inference_steps`, `guidance_scale`, `guidance_interval`, `shift`, `sampler`
-        (one of `SAMPLERS`) and `description` (where the recipe comes from).
+        (one of `SAMPLERS`), `time_grid` (of `PixelDiTFlowScheduler`), `transformer` (the model settings the
+        tensors do not hold: PixelDiT2's `silu_conditioning` and `noise_scale`) and `description` (where the
+        recipe comes from).
     """
     if kind not in _KIND_NAMES:
         raise ValueError(f"`kind` must be one of {sorted(_KIND_NAMES)}, got {kind!r}.")
     name = Path(filename).name.lower()
     if resolution is None:
         found = re.search(r"(?<!\d)(256|512|1024)(?!\d)", name)
-        resolution = int(found.group(1)) if found else {"c2i": 256, "t2i": 1024}[kind]
+        resolution = int(found.group(1)) if found else {"c2i": 256, "t2i": 1024, "pixeldit2": 256}[kind]
     if kind == "t2i":
         return {
             "sample_size": resolution,
@@ -754,9 +860,33 @@ def official_sampling_recipe(filename: str | Path, kind: str, resolution: int | 
             "guidance_interval": (0.0, 1.0),
             "shift": 3.0 if resolution <= 512 else 4.0,
             "sampler": "dpmsolver++",
+            "time_grid": "pixeldit",
+            "transformer": {},
             "description": f"PixelDiT-1300M release defaults at {resolution} px",
         }
-    recipe = {"sample_size": resolution, "num_inference_steps": 100, "sampler": "adams_bashforth", "shift": 1.0}
+    if kind == "pixeldit2":
+        release = 512 if resolution >= 512 else 256
+        if not re.fullmatch(rf"pixeldit2_h16_in{release}_ep\d+\.(ckpt|pth|safetensors)", name):
+            logger.warning(f"{name!r} names no PixelDiT2 release: using the {release} px model card's recipe.")
+        return {
+            "sample_size": resolution,
+            "num_inference_steps": 50,
+            "guidance_scale": 2.1 if release == 512 else 2.4,
+            "guidance_interval": (0.1, 0.925) if release == 512 else (0.125, 0.9),
+            "shift": 1.0,
+            "sampler": "heun",
+            "time_grid": "uniform",
+            "transformer": {"silu_conditioning": release == 256, "noise_scale": 2.0 if release == 512 else 1.0},
+            "description": f"PixelDiT2 ImageNet {release}x{release} model card",
+        }
+    recipe = {
+        "sample_size": resolution,
+        "num_inference_steps": 100,
+        "sampler": "adams_bashforth",
+        "shift": 1.0,
+        "time_grid": "pixeldit",
+        "transformer": {},
+    }
     epoch = re.search(r"epoch[_=-]?(\d+)", name)
     if resolution == 512:
         recipe.update(guidance_scale=3.5, guidance_interval=(0.1, 1.0), shift=2.0)
@@ -773,13 +903,14 @@ def official_sampling_recipe(filename: str | Path, kind: str, resolution: int | 
     return recipe
 
 
-def sampling_scheduler(sampler: str, shift: float) -> SchedulerMixin:
-    """The scheduler of a recipe: `PixelDiTFlowScheduler` for `"adams_bashforth"` / `"euler"` (the official C2I
-    samplers), the release's `DPMSolverMultistepScheduler` configuration for `"dpmsolver++"`."""
+def sampling_scheduler(sampler: str, shift: float, time_grid: str = "pixeldit") -> SchedulerMixin:
+    """The scheduler of a recipe: `PixelDiTFlowScheduler` on `time_grid` for `"adams_bashforth"` / `"euler"` /
+    `"heun"` (the official C2I samplers), the release's `DPMSolverMultistepScheduler` configuration for
+    `"dpmsolver++"`."""
     if sampler not in SAMPLERS:
         raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
     if shift <= 0:
         raise ValueError(f"`shift` must be positive, got {shift}.")
     if sampler == "dpmsolver++":
         return release_dpm_solver_scheduler(shift)
-    return PixelDiTFlowScheduler(shift=shift, solver=sampler)
+    return PixelDiTFlowScheduler(shift=shift, solver=sampler, time_grid=time_grid)
