@@ -200,7 +200,8 @@ def test_any_transformers_text_encoder_of_the_right_width(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     kwargs = {"prompt": "a handwritten digit seven", "max_sequence_length": 16}
     images = generate(pipe, num_inference_steps=3, **kwargs)
-    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    assert images.shape == (1, 3, 16, 16)
+    assert not torch.allclose(generate(pipe, num_inference_steps=3, **{**kwargs, "prompt": "a red sign"}), images)
     pipe.save_pretrained(tmp_path)
     model_index = json.loads((tmp_path / "model_index.json").read_text())
     assert model_index["text_encoder"] == ["transformers", "BertModel"]
@@ -260,8 +261,9 @@ def test_callback_can_change_prompt_embeds_and_schedulers_run():
         pipe, callback_on_step_end=swap, callback_on_step_end_tensor_inputs=["prompt_embeds", "negative_prompt_embeds"]
     )
     assert not torch.allclose(swapped, reference)
+    # another multistep solver of the same ODE lands close by (measured: 4 % of the largest value)
     pipe.scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
-    assert torch.isfinite(generate(pipe)).all()
+    assert (generate(pipe) - reference).abs().max() < 0.1 * reference.abs().max()
 
 
 def test_text_length_and_instruction_defaults_come_from_the_model_and_config():
