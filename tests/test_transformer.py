@@ -147,7 +147,7 @@ def test_preset_parameter_counts():
 
 
 def test_preset_unknown_name_raises():
-    with pytest.raises(ValueError, match="Unknown PixelDiT preset 'PixelDiT-XXL'"):
+    with pytest.raises(ValueError, match="Unknown PixelDiTTransformer2DModel preset 'PixelDiT-XXL'"):
         PixelDiTTransformer2DModel.from_preset("PixelDiT-XXL")
 
 

@@ -67,7 +67,7 @@ def test_grounding_projection_of_the_official_fixture(official):
     tokens = encode_grounding(encoder, cases["forward.x"], model.config.patch_size)
     time_proj = time_projection((1 - cases["forward.t_official"].double()) * 1000, 2, "one_minus_sigma")
     grid = cases["forward.x"].shape[-1] // model.config.patch_size
-    rotary = model._rotary_emb(model.inner_dim // model.config.grounding_num_attention_heads, grid, grid, 0, "cpu")
+    rotary = model._image_rotary_emb(model.inner_dim // model.config.grounding_num_attention_heads, grid, grid, "cpu")
     with torch.no_grad():
         projection = model.grounding_proj(tokens, time_proj, rotary)
     check(projection, cases, "forward.grounding_projection", meta)

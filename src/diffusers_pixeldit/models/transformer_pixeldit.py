@@ -94,15 +94,18 @@ def get_2d_interleaved_rotary_pos_embed(
     grid_extent: float = 16.0,
     theta: float = 10000.0,
     device: torch.device | None = None,
+    num_prefix: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """2-D RoPE on a patch grid, as PixelDiT defines it.
 
     Positions are `linspace(0, grid_extent, n)` along each axis (whatever the grid size); each rotated channel pair
     `(2j, 2j + 1)` takes the x angle for even `j` and the y angle for odd `j`, with frequencies
-    `theta ** (-4i / head_dim)`. Computed in float32.
+    `theta ** (-4i / head_dim)`. Computed in float32. `num_prefix` identity rows (cos 1, sin 0) come first, for tokens
+    that carry no rotary position (PixelDiT2's in-context class tokens).
 
     Returns:
-        `(cos, sin)`, each of shape `(grid_height * grid_width, head_dim)`, for `apply_rotary_emb(use_real=True)`.
+        `(cos, sin)`, each of shape `(num_prefix + grid_height * grid_width, head_dim)`, for
+        `apply_rotary_emb(use_real=True)`.
     """
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 4, device=device)[: head_dim // 4].float() / head_dim))
     pos_y, pos_x = torch.meshgrid(
@@ -111,7 +114,7 @@ def get_2d_interleaved_rotary_pos_embed(
         indexing="ij",
     )
     angles = torch.stack([torch.outer(pos_x.reshape(-1), freqs), torch.outer(pos_y.reshape(-1), freqs)], dim=-1)
-    angles = angles.flatten(1)  # (S, head_dim / 2): x0, y0, x1, y1, ...
+    angles = torch.cat([angles.new_zeros(num_prefix, head_dim // 2), angles.flatten(1)])  # x0, y0, x1, y1, ...
     return angles.cos().repeat_interleave(2, dim=-1), angles.sin().repeat_interleave(2, dim=-1)
 
 
@@ -151,6 +154,13 @@ def _cached_position_table(make_table: Callable, *args):
     # Built outside any inference-mode / autograd context, so that a table made while sampling can serve training.
     with torch.inference_mode(False), torch.no_grad():
         return make_table(*args)
+
+
+def model_from_preset(model_class: type, presets: dict[str, dict[str, Any]], name: str, overrides: dict):
+    """A randomly initialised `model_class` built from preset `name` of `presets` (overrides win)."""
+    if name not in presets:
+        raise ValueError(f"Unknown {model_class.__name__} preset {name!r}; choose one of {sorted(presets)}.")
+    return model_class(**{**presets[name], **overrides})
 
 
 def position_table(make_table: Callable, *args):
@@ -605,9 +615,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PixelDiTTransformer2DModel":
         """Builds a randomly initialised model from a preset of `PIXELDIT_PRESETS` (overrides win)."""
-        if name not in PIXELDIT_PRESETS:
-            raise ValueError(f"Unknown PixelDiT preset {name!r}; choose one of {sorted(PIXELDIT_PRESETS)}.")
-        return cls(**{**PIXELDIT_PRESETS[name], **overrides})
+        return model_from_preset(cls, PIXELDIT_PRESETS, name, overrides)
 
     def _init_weights(self):
         # As the official code: Xavier patch embedding, N(0, 0.02) time/class embeddings, zero AdaLN and output.
@@ -651,15 +659,12 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
             raise ValueError("This is a class-conditional PixelDiT: pass `class_labels`, not `encoder_hidden_states`.")
         check_class_labels(class_labels, batch_size, config.num_classes)
 
-    def _image_rotary_emb(self, head_dim: int, grid_height: int, grid_width: int, device: torch.device):
+    def _image_rotary_emb(self, head_dim: int, grid_height: int, grid_width: int, device, num_prefix: int = 0):
+        """The patch-grid RoPE `(cos, sin)` of this model's config, from the position-table cache."""
+        config = self.config
         return position_table(
             get_2d_interleaved_rotary_pos_embed,
-            head_dim,
-            grid_height,
-            grid_width,
-            self.config.rope_grid_extent,
-            self.config.rope_theta,
-            device,
+            *(head_dim, grid_height, grid_width, config.rope_grid_extent, config.rope_theta, device, num_prefix),
         )
 
     @apply_lora_scale("attention_kwargs")

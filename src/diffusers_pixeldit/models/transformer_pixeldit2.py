@@ -23,11 +23,11 @@ from .transformer_pixeldit import (
     TIME_PROJ_DIM,
     TIMESTEP_SCALE,
     PixelDiTAttention,
+    PixelDiTTransformer2DModel,
     check_class_labels,
     check_image_inputs,
-    get_2d_interleaved_rotary_pos_embed,
+    model_from_preset,
     patchify,
-    position_table,
     swiglu_feed_forward,
     time_projection,
     unpatchify,
@@ -70,15 +70,6 @@ PIXELDIT2_PRESETS: dict[str, dict[str, Any]] = {
     },
     "PixelDiT2-L/16": {"num_layers": 24, "num_attention_heads": 16, "attention_head_dim": 64, "in_context_start": 8},
 }
-
-
-def get_2d_rotary_pos_embed_with_prefix(
-    head_dim: int, grid_height: int, grid_width: int, grid_extent: float, theta: float, num_prefix: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The patch-grid RoPE of `get_2d_interleaved_rotary_pos_embed` after `num_prefix` identity rows (cos 1, sin 0):
-    the in-context tokens carry no rotary position. `(cos, sin)`, each `(num_prefix + H·W, head_dim)`."""
-    cos, sin = get_2d_interleaved_rotary_pos_embed(head_dim, grid_height, grid_width, grid_extent, theta, device)
-    return torch.cat([cos.new_ones(num_prefix, head_dim), cos]), torch.cat([sin.new_zeros(num_prefix, head_dim), sin])
 
 
 def grounding_encoder_input(hidden_states: torch.Tensor, patch_size: int, encoder_patch_size: int) -> torch.Tensor:
@@ -209,7 +200,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
     _supports_gradient_checkpointing = True
     _no_split_modules = ["PixelDiT2TransformerBlock"]
     _repeated_blocks = ["PixelDiT2TransformerBlock"]
-    _skip_layerwise_casting_patterns = ["patch_embed", "time_embed", "class_embed", "in_context", "proj_in", "norm"]
+    _skip_layerwise_casting_patterns = ["patch_embed", "time_embed", "class_embed", "norm"]
 
     @register_to_config
     def __init__(
@@ -281,9 +272,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PixelDiT2Transformer2DModel":
         """Builds a randomly initialised model from a preset of `PIXELDIT2_PRESETS` (overrides win)."""
-        if name not in PIXELDIT2_PRESETS:
-            raise ValueError(f"Unknown PixelDiT2 preset {name!r}; choose one of {sorted(PIXELDIT2_PRESETS)}.")
-        return cls(**{**PIXELDIT2_PRESETS[name], **overrides})
+        return model_from_preset(cls, PIXELDIT2_PRESETS, name, overrides)
 
     def _init_weights(self):
         # As the official code: Xavier patch embedding, N(0, 0.02) embeddings, zero adaLN (P_g's too) and output.
@@ -302,17 +291,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def _rotary_emb(self, head_dim: int, grid_height: int, grid_width: int, num_prefix: int, device):
-        return position_table(
-            get_2d_rotary_pos_embed_with_prefix,
-            head_dim,
-            grid_height,
-            grid_width,
-            self.config.rope_grid_extent,
-            self.config.rope_theta,
-            num_prefix,
-            device,
-        )
+    _image_rotary_emb = PixelDiTTransformer2DModel._image_rotary_emb
 
     def _run_block(self, block, hidden_states, temb, rotary_emb):
         if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -373,9 +352,8 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
         class_emb = self.class_embed(class_labels).unsqueeze(1)  # (B, 1, D)
         cond = (temb.unsqueeze(1) + class_emb).expand(-1, num_patches, -1)  # null conditioning, (B, N, D)
         if grounding_hidden_states is not None:
-            grounding_rotary_emb = self._rotary_emb(
-                self.inner_dim // self.grounding_proj.blocks[0].attn.heads, grid_height, grid_width, 0, device
-            )
+            grounding_head_dim = self.inner_dim // (config.grounding_num_attention_heads or config.num_attention_heads)
+            grounding_rotary_emb = self._image_rotary_emb(grounding_head_dim, grid_height, grid_width, device)
             grounding = self.grounding_proj(grounding_hidden_states, time_proj, grounding_rotary_emb)
             grounded_cond = grounding + temb.unsqueeze(1) + class_emb
             cond = (
@@ -387,7 +365,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
             cond = F.silu(cond)
 
         patch_tokens = self.patch_embed(patchify(hidden_states.to(dtype), config.patch_size))  # (B, N, D)
-        rotary_emb = self._rotary_emb(head_dim, grid_height, grid_width, 0, device)
+        rotary_emb = self._image_rotary_emb(head_dim, grid_height, grid_width, device)
         num_context = config.in_context_length
         for index, block in enumerate(self.transformer_blocks):
             if num_context and index == config.in_context_start:
@@ -395,7 +373,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
                 context = class_emb.expand(-1, num_context, -1) + self.in_context_pos_embed.to(patch_tokens.dtype)
                 patch_tokens = torch.cat([context, patch_tokens], dim=1)
                 cond_with_context = torch.cat([cond.mean(dim=1, keepdim=True).expand(-1, num_context, -1), cond], 1)
-                rotary_with_context = self._rotary_emb(head_dim, grid_height, grid_width, num_context, device)
+                rotary_with_context = self._image_rotary_emb(head_dim, grid_height, grid_width, device, num_context)
             if num_context and index >= config.in_context_start:
                 patch_tokens = self._run_block(block, patch_tokens, cond_with_context, rotary_with_context)
             else:

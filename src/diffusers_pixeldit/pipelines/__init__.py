@@ -1,4 +1,4 @@
-from .class_labels import imagenet_id2label
+from .class_conditional import imagenet_id2label
 from .pipeline_pixeldit import PixelDiTPipeline
 from .pipeline_pixeldit2 import PixelDiT2Pipeline
 from .pipeline_pixeldit_t2i import PIXELDIT_COMPLEX_HUMAN_INSTRUCTION, PixelDiTT2IPipeline

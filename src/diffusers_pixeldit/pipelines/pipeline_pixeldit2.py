@@ -1,32 +1,17 @@
 # Copyright 2026 The diffusers-pixeldit authors. Licensed under the Apache License, Version 2.0.
 """Class-conditional PixelDiT2 pipeline (ImageNet release), grounded at every step by a frozen DINOv3."""
 
-from typing import Any
-
 import torch
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import replace_example_docstring
 
 from ..models import PixelDiT2Transformer2DModel, encode_grounding
-from .class_labels import ClassLabelMixin, default_id2label
-from .denoising import PixelDiTDenoisingMixin, StepEndCallback, check_guidance_interval, document_sampling_arguments
+from .class_conditional import ClassConditionalMixin
+from .denoising import ModelInputs
 
 
-EXAMPLE_DOC_STRING = """
-    Examples:
-        ```py
-        >>> import torch
-        >>> from diffusers_pixeldit import PixelDiT2Pipeline
-
-        >>> pipe = PixelDiT2Pipeline.from_pretrained("path/to/pixeldit2-h16-256")  # a converted checkpoint
-        >>> image = pipe(class_labels=["golden retriever"], generator=torch.Generator().manual_seed(0)).images[0]
-        ```
-"""
-
-
-class PixelDiT2Pipeline(DiffusionPipeline, PixelDiTDenoisingMixin, ClassLabelMixin):
+class PixelDiT2Pipeline(DiffusionPipeline, ClassConditionalMixin):
     r"""
     Class-conditional image generation with PixelDiT2, directly in pixel space: at every model evaluation the
     grounding encoder (a frozen DINOv3) reads the current noisy image and its tokens condition the transformer.
@@ -74,14 +59,9 @@ class PixelDiT2Pipeline(DiffusionPipeline, PixelDiTDenoisingMixin, ClassLabelMix
             self.check_grounding_encoder(transformer, grounding_encoder)
             grounding_encoder.eval().requires_grad_(False)
         self.register_modules(transformer=transformer, scheduler=scheduler, grounding_encoder=grounding_encoder)
-        id2label = default_id2label(id2label, transformer.config.num_classes if transformer is not None else None)
-        self.register_to_config(
-            id2label=id2label,
-            default_num_inference_steps=default_num_inference_steps,
-            default_guidance_scale=default_guidance_scale,
-            default_guidance_interval=tuple(check_guidance_interval(default_guidance_interval)),
+        self._register_class_config(
+            id2label, default_num_inference_steps, default_guidance_scale, default_guidance_interval
         )
-        self._register_labels(id2label)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1)
 
     @staticmethod
@@ -105,40 +85,7 @@ class PixelDiT2Pipeline(DiffusionPipeline, PixelDiTDenoisingMixin, ClassLabelMix
         """The grounding tokens `(B, H/p · W/p, C_enc)` of the current noisy images `latents` `(B, C, H, W)`."""
         return encode_grounding(self.grounding_encoder, latents, self.transformer.config.patch_size)
 
-    @torch.no_grad()
-    @replace_example_docstring(EXAMPLE_DOC_STRING)
-    @document_sampling_arguments
-    def __call__(
-        self,
-        class_labels: int | str | list[int | str] | torch.Tensor,
-        num_images_per_prompt: int = 1,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int | None = None,
-        sigmas: list[float] | None = None,
-        guidance_scale: float | None = None,
-        guidance_interval: tuple[float, float] | None = None,
-        shift: float | None = None,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        attention_kwargs: dict[str, Any] | None = None,
-        callback_on_step_end: StepEndCallback | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-    ) -> ImagePipelineOutput | tuple:
-        r"""
-        Generates images of the given classes.
-
-        Args:
-            class_labels (`int`, `str`, or a list of them): class ids or names (see `get_label_ids`).
-            {sampling_arguments}
-
-        Examples:
-
-        Returns:
-            [`~pipelines.ImagePipelineOutput`] or `tuple`: the images, `num_images_per_prompt` per class label.
-        """
+    def _check_components(self):
         if self.grounding_encoder is None:
             raise ValueError(
                 "PixelDiT2 needs its grounding encoder: pass `grounding_encoder=DINOv3ViTModel.from_pretrained(...)` "
@@ -146,30 +93,21 @@ class PixelDiT2Pipeline(DiffusionPipeline, PixelDiTDenoisingMixin, ClassLabelMix
             )
         self.check_grounding_encoder(self.transformer, self.grounding_encoder)
         self.grounding_encoder.eval()
-        height, width, num_inference_steps, guidance_interval = self.sampling_arguments(
-            height, width, num_inference_steps, guidance_interval, callback_on_step_end_tensor_inputs
-        )
-        class_ids = self.class_ids(class_labels)
-        self._start_call(guidance_scale, attention_kwargs)
-        device = self._execution_device
 
-        class_labels = torch.tensor(class_ids, device=device).repeat_interleave(num_images_per_prompt)
+    def _model_inputs(self, class_labels: torch.Tensor, guided_class_labels: torch.Tensor) -> ModelInputs:
         batch_size = class_labels.shape[0]
-        guided_labels = torch.cat([torch.full_like(class_labels, self.transformer.config.num_classes), class_labels])
-        # the unconditional half of a guided batch has no grounding
-        guided_mask = torch.arange(2 * batch_size, device=device) >= batch_size
-        noise_scale = self.transformer.config.noise_scale
-        latents = self.prepare_latents(batch_size, height, width, device, generator, latents, noise_scale)
+        # the unconditional half of a guided batch is not grounded
+        guided_mask = torch.arange(2 * batch_size, device=class_labels.device) >= batch_size
 
         def model_inputs(state, guided):
-            tokens = self.encode_grounding(state["latents"])
+            tokens = self.encode_grounding(state["latents"])  # the current noisy images, conditional half only
             if not guided:
                 return {"class_labels": class_labels, "grounding_hidden_states": tokens}
             tokens = torch.cat([torch.zeros_like(tokens), tokens])
-            return {"class_labels": guided_labels, "grounding_hidden_states": tokens, "grounding_mask": guided_mask}
+            return {
+                "class_labels": guided_class_labels,
+                "grounding_hidden_states": tokens,
+                "grounding_mask": guided_mask,
+            }
 
-        latents = self.denoise(
-            {"latents": latents}, model_inputs, device, num_inference_steps, guidance_interval, sigmas, shift,
-            callback_on_step_end, callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
-        return self.postprocess(latents, output_type, return_dict)
+        return model_inputs
