@@ -1,16 +1,30 @@
-"""Scale and reliability of the training examples, in subprocesses: 2 processes (gloo) x gradient accumulation, and a
-run killed with SIGKILL then resumed, both reproduce one uninterrupted single-process run."""
+"""Scale and reliability of the training examples: 2 processes (gloo) x gradient accumulation, and a run killed with
+SIGKILL then resumed, both reproduce one uninterrupted single-process run. The runs are forked from this process
+(no new imports), the 2-process run with the environment `accelerate launch --multi_gpu` gives its processes."""
 
+import logging
 import os
 import signal
 import socket
 import time
 
 import torch
-from train_fixtures import TINY_TRANSFORMER, script_command, start, transformer_weights, write_imagefolder
+from train_fixtures import (
+    TINY_TRANSFORMER,
+    example,
+    fork_script,
+    run_in_process,
+    transformer_weights,
+    write_imagefolder,
+)
 
 
-STEPS = 24
+train_class_conditional = example("train_class_conditional")
+
+SCRIPT = "train_class_conditional.py"
+STEPS = 8
+CHECKPOINTING = ["--checkpointing_steps", "2", "--checkpoints_total_limit", "2"]
+TIMEOUT_S = 120
 
 
 def free_port() -> int:
@@ -19,55 +33,59 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_and_a_killed_resumed_run_match_one_uninterrupted_process(tmp_path):
-    data = write_imagefolder(tmp_path / "digits", 64)
+def log_tail(path) -> str:
+    return path.read_text()[-3000:] if path.exists() else "(no log)"
+
+
+def test_two_processes_and_a_killed_resumed_run_match_one_uninterrupted_process(tmp_path, caplog):
+    data = write_imagefolder(tmp_path / "digits", 32)
 
     def argv(name, batch_size, *extra):
         return [
             "--train_data_dir", str(data), "--output_dir", str(tmp_path / name), "--cache_dir", str(tmp_path / f"cache-{name}"),
             "--resolution", "16", "--transformer_config", TINY_TRANSFORMER, "--train_batch_size", str(batch_size),
             "--max_train_steps", str(STEPS), "--learning_rate", "2e-3", "--lr_scheduler", "cosine",
-            "--lr_warmup_steps", "4", "--use_ema", "--ema_decay", "0.9", "--random_flip", "--seed", "7",
+            "--lr_warmup_steps", "2", "--use_ema", "--ema_decay", "0.9", "--random_flip", "--seed", "7",
             "--report_to", "none", *extra,
         ]  # fmt: skip
 
-    checkpointing = ["--checkpointing_steps", "4", "--checkpoints_total_limit", "2"]
-    # A: 1 process x batch 8. D: 2 processes x batch 2 x 2 accumulation steps. B: A with checkpoints, killed.
-    run_a = start(script_command("train_class_conditional.py", argv("A", 8)), tmp_path / "A.log")
-    run_d = start(
-        script_command(
-            "train_class_conditional.py", argv("D", 2, "--gradient_accumulation_steps", "2"), 2, free_port()
-        ),
-        tmp_path / "D.log",
-        cpu=True,
-    )
-    run_b = start(script_command("train_class_conditional.py", argv("B", 8, *checkpointing)), tmp_path / "B1.log")
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "B" / "checkpoint-4").is_dir():
-        assert run_b.poll() is None and time.monotonic() < deadline, (tmp_path / "B1.log").read_text()[-3000:]
-        time.sleep(0.01)
-    os.kill(run_b.pid, signal.SIGKILL)
-    run_b.wait()
+    # B: 1 process x batch 8 with checkpoints, killed once it has one.
+    killed = fork_script(SCRIPT, argv("B", 8, *CHECKPOINTING), tmp_path / "B.log")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (tmp_path / "B" / "checkpoint-2").is_dir():
+        assert killed.is_alive() and time.monotonic() < deadline, log_tail(tmp_path / "B.log")
+        time.sleep(0.005)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.join()
     assert not (tmp_path / "B" / "model_index.json").exists()
     latest = max(int(p.name.split("-")[1]) for p in (tmp_path / "B").glob("checkpoint-*"))
     assert latest < STEPS
     # As if killed while writing the next checkpoint: a partial temporary folder, which must not be resumed from.
-    (tmp_path / "B" / f".tmp-checkpoint-{latest + 4}" / "transformer").mkdir(parents=True)
+    (tmp_path / "B" / f".tmp-checkpoint-{latest + 2}" / "transformer").mkdir(parents=True)
 
-    resumed = start(
-        script_command(
-            "train_class_conditional.py", argv("B", 8, *checkpointing, "--resume_from_checkpoint", "latest")
-        ),
-        tmp_path / "B2.log",
-    )
-    for name, run in [("A", run_a), ("D", run_d), ("B2", resumed)]:
-        assert run.wait(timeout=300) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    # D: 2 processes x batch 2 x 2 accumulation steps, while A (1 process x batch 8) and the resumed B run here.
+    port = free_port()
+    ranks = [
+        fork_script(
+            SCRIPT, argv("D", 2, "--gradient_accumulation_steps", "2"), tmp_path / f"D{rank}.log", rank, 2, port
+        )
+        for rank in range(2)
+    ]
+    try:
+        run_in_process(train_class_conditional, argv("A", 8))
+        with caplog.at_level(logging.INFO):
+            run_in_process(train_class_conditional, argv("B", 8, *CHECKPOINTING, "--resume_from_checkpoint", "latest"))
+        for rank, process in enumerate(ranks):
+            process.join(TIMEOUT_S)
+            assert process.exitcode == 0, log_tail(tmp_path / f"D{rank}.log")
+    finally:
+        for process in ranks:
+            if process.is_alive():
+                process.kill()
 
-    log = (tmp_path / "B2.log").read_text()
-    assert f"Resuming from checkpoint {tmp_path / 'B' / f'checkpoint-{latest}'}" in log
-    assert f"Total optimization steps = {STEPS}, starting at step {latest}" in log
-    assert all(field in log for field in ["loss=", "lr=", "img_s="])  # the progress bar
-    assert sorted(p.name for p in (tmp_path / "B").glob("*checkpoint-*")) == ["checkpoint-20", "checkpoint-24"]
+    assert f"Resuming from checkpoint {tmp_path / 'B' / f'checkpoint-{latest}'}" in caplog.text
+    assert f"Total optimization steps = {STEPS}, starting at step {latest}" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "B").glob("*checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
 
     reference = transformer_weights(tmp_path / "A" / "transformer")
     for name in ["D", "B"]:

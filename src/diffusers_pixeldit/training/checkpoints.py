@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import is_compiled_module
 from safetensors.torch import load_file, save_file
@@ -92,6 +92,22 @@ def run_seed(seed: int | None, checkpoint: str | None) -> int:
     seed = broadcast_object_list([int(np.random.SeedSequence().generate_state(1)[0] >> 1)])[0]
     logger.info(f"No seed given; this run's seed is {seed}.")
     return seed
+
+
+def start_run(
+    accelerator: Accelerator, output_dir: str | os.PathLike, seed: int | None, resume_from_checkpoint: str | None
+) -> tuple[int, str | None]:
+    """Starts or resumes a run in `output_dir` (created; unfinished checkpoints removed): returns the run's seed
+    (`run_seed`, also given to `accelerate.utils.set_seed`) and the checkpoint to resume from
+    (`find_resume_checkpoint`). Call on every process."""
+    checkpoint = find_resume_checkpoint(output_dir, resume_from_checkpoint)
+    seed = run_seed(seed, checkpoint)
+    set_seed(seed)
+    if accelerator.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        remove_unfinished_checkpoints(output_dir)
+    accelerator.wait_for_everyone()
+    return seed, checkpoint
 
 
 def save_checkpoint(

@@ -99,7 +99,7 @@ def prepare_transformer_for_training(
                 r=lora_rank,
                 lora_alpha=lora_alpha or lora_rank,
                 init_lora_weights="gaussian",
-                target_modules=list(lora_layers),
+                target_modules=[name.strip() for name in lora_layers],
             )
         )
         cast_training_params(transformer, dtype=torch.float32)

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import datasets
 import numpy as np
 import torch
+from accelerate import Accelerator
 from diffusers.training_utils import find_nearest_bucket, generate_aspect_ratio_buckets, parse_buckets_string
 from PIL import Image
 
@@ -305,3 +306,31 @@ class StepBatchSampler(torch.utils.data.Sampler):
             f"  Gradient accumulation steps = {self.accumulation_steps}\n"
             f"  Total optimization steps = {self.max_steps}, starting at step {self.start_step}"
         )
+
+
+def step_dataloader(
+    dataset: FlowMatchingDataset,
+    groups: Sequence[Sequence[int]],
+    accelerator: Accelerator,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    max_steps: int,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """The data loader of this process for optimizer steps `start_step … max_steps − 1`: a `StepBatchSampler` over
+    `groups` for the accelerator's processes and accumulation steps (`batch_size` per micro-step), `num_workers`
+    loading processes. Logs the schedule."""
+    sampler = StepBatchSampler(
+        groups,
+        batch_size,
+        accelerator.num_processes,
+        accelerator.process_index,
+        accelerator.gradient_accumulation_steps,
+        seed,
+        start_step,
+        max_steps,
+    )
+    logger.info(sampler.describe(len(dataset)))
+    pin_memory = accelerator.device.type == "cuda"
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)

@@ -27,9 +27,10 @@ LOG_DATE_FORMAT = "%m/%d/%Y %H:%M:%S"
 MIXED_PRECISION_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def configure_logging(accelerator: Accelerator):
-    """INFO logs on the local main process, errors only elsewhere (diffusers, transformers, datasets and this
-    package); logs the accelerate state."""
+def configure_accelerator(accelerator: Accelerator, allow_tf32: bool = False):
+    """Per-process logging (INFO on the local main process, errors only elsewhere, for diffusers, transformers,
+    datasets and this package), no native AMP on Apple MPS, TF32 matmuls on CUDA with `allow_tf32`; logs the
+    accelerate state."""
     logging.basicConfig(format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT, level=logging.INFO)
     if accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_warning()
@@ -42,6 +43,10 @@ def configure_logging(accelerator: Accelerator):
         diffusers.utils.logging.set_verbosity_error()
         logging.getLogger(PACKAGE_LOGGER).setLevel(logging.ERROR)
     logger.info(accelerator.state)
+    if torch.backends.mps.is_available():
+        accelerator.native_amp = False
+    if allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def frozen_weight_dtype(accelerator: Accelerator) -> torch.dtype:
@@ -112,6 +117,14 @@ def ema_weights(ema: EMAModel | None, model: nn.Module):
         yield model
     finally:
         ema.restore(model.parameters())
+
+
+def create_ema(transformer: nn.Module, decay: float, device: torch.device) -> EMAModel:
+    """An EMA of the transformer's parameters on `device`, restorable by the checkpoint hooks (model class and config
+    recorded)."""
+    ema = EMAModel(transformer.parameters(), decay=decay, model_cls=type(transformer), model_config=transformer.config)
+    ema.to(device)
+    return ema
 
 
 def trained_transformer(accelerator: Accelerator, transformer: nn.Module, ema: EMAModel | None) -> nn.Module:

@@ -14,12 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
+from ..models.transformer_pixeldit import TIMESTEP_SCALE
+from ..models.transformer_pixeldit2 import grounding_encoder_input
 
-# PixelDiT takes `timestep = σ · TIMESTEP_SCALE`.
-TIMESTEP_SCALE = 1000.0
-# The normalisation of the images DINOv2 was trained on.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 VelocityPredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -97,20 +94,23 @@ class REPAAlignment:
     A forward hook keeps the output tokens of `block` (the image tokens of a joint text-image block); `loss` maps
     them through the projector and returns `mean(1 − cos)` (token-wise) against the encoder's patch features of the
     clean images. The images are ImageNet-normalised and resized (bicubic) so that the encoder's token grid is the
-    transformer's patch grid: an H × W image becomes `(H // patch_size)·p × (W // patch_size)·p` for an encoder with
-    patches of p pixels (224 × 224 for a 256² image, patch 16, and DINOv2's patch 14). The patch features are the
-    last `grid` tokens of `last_hidden_state` (after the class and any register tokens).
+    transformer's patch grid, as PixelDiT2's grounding encoder sees them (`grounding_encoder_input`): an H × W image
+    becomes `(H // patch_size)·p × (W // patch_size)·p` for an encoder with patches of p pixels (224 × 224 for a 256²
+    image, patch 16, and DINOv2's patch 14). The patch features are the last tokens of `last_hidden_state` (after the
+    class and any register tokens).
 
     Args:
         encoder: a frozen transformers ViT encoder with `config.patch_size` and `config.hidden_size`, e.g.
             `Dinov2Model`, on the training device.
         block: the transformer block whose output is aligned.
         patch_size: the transformer's patch size.
+        token_dim: the width of the block's tokens.
     """
 
-    def __init__(self, encoder: nn.Module, block: nn.Module, patch_size: int):
+    def __init__(self, encoder: nn.Module, block: nn.Module, patch_size: int, token_dim: int):
         self.encoder = encoder
         self.patch_size = patch_size
+        self.token_dim = token_dim
         self.encoder_patch_size = encoder.config.patch_size
         self.tokens = None
         self.hook = block.register_forward_hook(self._keep_tokens)
@@ -126,30 +126,27 @@ class REPAAlignment:
         if not 1 <= layer <= len(blocks):
             raise ValueError(f"The REPA layer is 1-based, at most the {len(blocks)} patch-level blocks; got {layer}.")
         encoder = AutoModel.from_pretrained(encoder_name_or_path).eval().requires_grad_(False)
-        return cls(encoder.to(device, dtype=dtype), blocks[layer - 1], transformer.config.patch_size)
+        config = transformer.config
+        token_dim = config.num_attention_heads * config.attention_head_dim
+        return cls(encoder.to(device, dtype=dtype), blocks[layer - 1], config.patch_size, token_dim)
 
     @property
     def feature_dim(self) -> int:
         return self.encoder.config.hidden_size
 
+    def new_projector(self) -> nn.Sequential:
+        """A freshly initialised projector from the block's tokens to the encoder's features (`repa_projector`)."""
+        return repa_projector(self.token_dim, self.feature_dim)
+
     def _keep_tokens(self, module, inputs, output):
         # Joint (text-to-image) blocks return (text tokens, image tokens).
         self.tokens = output[1] if isinstance(output, tuple) else output
 
-    def encoder_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size the encoder sees an H × W image at: its token grid is the transformer's patch grid."""
-        return (height // self.patch_size) * self.encoder_patch_size, (
-            width // self.patch_size
-        ) * self.encoder_patch_size
-
     @torch.no_grad()
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encoder patch features (B, (H // patch_size)·(W // patch_size), C) of images (B, C_img, H, W) in [-1, 1]
-        (one grey channel is used as RGB)."""
-        mean = torch.tensor(IMAGENET_MEAN, device=pixel_values.device).view(1, -1, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=pixel_values.device).view(1, -1, 1, 1)
-        images = ((pixel_values.float() + 1) / 2 - mean) / std
-        images = F.interpolate(images, size=self.encoder_size(*images.shape[-2:]), mode="bicubic", align_corners=False)
+        """Encoder patch features (B, (H // patch_size)·(W // patch_size), C) of images (B, 3 or 1, H, W) in [-1, 1]
+        (a grey channel is used as RGB)."""
+        images = grounding_encoder_input(pixel_values.float(), self.patch_size, self.encoder_patch_size)
         grid = (images.shape[-2] // self.encoder_patch_size) * (images.shape[-1] // self.encoder_patch_size)
         hidden_states = self.encoder(pixel_values=images.to(self.encoder.dtype)).last_hidden_state
         return hidden_states[:, -grid:].float()

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from accelerate import Accelerator
 from diffusers import DiffusionPipeline
 from diffusers.utils import make_image_grid
 from diffusers.utils.hub_utils import populate_model_card
-from huggingface_hub import ModelCard, ModelCardData, upload_folder
+from huggingface_hub import ModelCard, ModelCardData, create_repo, upload_folder
 from PIL import Image
 
 from .checkpoints import CHECKPOINT_PREFIX, LORA_WEIGHT_NAME
@@ -27,6 +28,12 @@ UPLOAD_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*"]
 UPLOAD_COMMIT_MESSAGE = "End of training"
 REDACTED = "***"
 HUB_TOKEN_FLAG = "--hub_token"
+
+
+def create_hub_repo(output_dir: str, hub_model_id: str | None = None, token: str | None = None) -> str:
+    """Creates (or finds) the Hub repo a run is pushed to, `hub_model_id` or the output folder's name; returns its
+    id."""
+    return create_repo(repo_id=hub_model_id or Path(output_dir).name, exist_ok=True, token=token).repo_id
 
 
 def log_images(
@@ -46,6 +53,29 @@ def log_images(
 
             tracker.log({phase: [wandb.Image(grid, caption=f"step {step}")]}, step=step)
     return grid_path
+
+
+def log_validation(
+    pipeline: DiffusionPipeline,
+    accelerator: Accelerator,
+    output_dir: str,
+    *,
+    step: int,
+    seed: int,
+    num_images: int,
+    num_conditions: int,
+    is_final_validation: bool = False,
+    **pipeline_kwargs,
+) -> str:
+    """Samples `num_images` per condition with `pipeline(**pipeline_kwargs)` (a generator seeded with `seed`, no
+    progress bar) and saves and logs them as a grid of one row per condition (`log_images`, phase "test" for the
+    final validation, else "validation"). Returns the grid's path relative to `output_dir`."""
+    pipeline = pipeline.to(accelerator.device)
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device=accelerator.device).manual_seed(seed)
+    images = pipeline(num_images_per_prompt=num_images, generator=generator, **pipeline_kwargs).images
+    phase = "test" if is_final_validation else "validation"
+    return log_images(accelerator, output_dir, images, num_conditions, step, phase)
 
 
 def launch_command(script: str, argv: list[str]) -> str:
