@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 # Copyright 2026 The diffusers-pixeldit authors. Licensed under the Apache License, Version 2.0.
-"""Class-conditional PixelDiT training, in the shape of diffusers' `train_text_to_image.py` with the flow-matching
-objective of `train_dreambooth_sd3.py`; the reusable parts are in `diffusers_pixeldit.training`. See
+"""Class-conditional PixelDiT and PixelDiT2 training, in the shape of diffusers' `train_text_to_image.py` with the
+flow-matching objective of `train_dreambooth_sd3.py`; the reusable parts are in `diffusers_pixeldit.training`. See
 examples/README.md.
 
     accelerate launch examples/train_class_conditional.py --train_data_dir ./imagenet_folder --resolution 256 \
         --preset PixelDiT-B --mixed_precision bf16 --use_ema --output_dir out
+    accelerate launch examples/train_class_conditional.py --train_data_dir ./imagenet_folder --resolution 256 \
+        --preset PixelDiT2-B/16 --grounding_encoder facebook/dinov3-vits16-pretrain-lvd1689m --use_ema --output_dir out
 """
 
 import argparse
@@ -23,9 +25,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from diffusers_pixeldit import (
+    PIXELDIT2_PRESETS,
     PIXELDIT_PRESETS,
+    PixelDiT2Pipeline,
+    PixelDiT2Transformer2DModel,
     PixelDiTFlowScheduler,
     PixelDiTPipeline,
+    PixelDiTTransformer2DModel,
     training,
 )
 
@@ -35,6 +41,9 @@ check_min_version("0.40.0")
 logger = get_logger(__name__, log_level="INFO")
 
 LORA_LAYERS = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
+# The σ density of each family's official training: PixelDiT t ~ sigmoid(N(0, 1)); PixelDiT2 t ~ sigmoid(N(−0.8, 0.8)),
+# i.e. σ = 1 − t ~ sigmoid(N(0.8, 0.8)).
+LOGIT_NORMAL = {"PixelDiT": (0.0, 1.0), "PixelDiT2": (0.8, 0.8)}
 # Classes listed in the model card.
 CARD_MAX_CLASSES = 20
 
@@ -53,14 +62,25 @@ def model_card(args, id2label: dict[str, str], objective, max_train_steps: int) 
         resolution=args.resolution,
         steps=max_train_steps,
         objective=objective,
-        dropout=f"labels dropped to the null class with probability {args.class_dropout_prob}",
+        dropout=f"labels dropped to the null class with probability {args.class_dropout_prob}"
+        + (
+            f", grounding dropped with probability {args.grounding_dropout_prob}, both with probability "
+            f"{args.joint_dropout_prob}"
+            if args.pixeldit2
+            else ""
+        ),
         ema_decay=args.ema_decay if args.use_ema else None,
         repa=repa if args.repa_encoder else None,
     )
+    if args.pixeldit2:
+        description += (
+            "\n\nThe pipeline holds its frozen grounding encoder, Meta's DINOv3, under the DINOv3 licence (gated on "
+            "the Hub)."
+        )
     return training.ModelCardText(
-        title="PixelDiT class-conditional model",
+        title=f"{'PixelDiT2' if args.pixeldit2 else 'PixelDiT'} class-conditional model",
         description=f"{description}\n\nClasses ({len(id2label)}): {classes}",
-        pipeline_class=PixelDiTPipeline.__name__,
+        pipeline_class=(PixelDiT2Pipeline if args.pixeldit2 else PixelDiTPipeline).__name__,
         example_call="image = pipe(class_labels=[0]).images[0]",
         base_model=args.pretrained_model_name_or_path,
         training_command=training.launch_command(__file__, args.argv),
@@ -96,7 +116,8 @@ def parse_args(input_args=None):
         "--pretrained_model_name_or_path",
         type=str,
         default=None,
-        help="A PixelDiTPipeline folder or Hub repo to fine-tune. Without it a model is trained from scratch.",
+        help="A PixelDiTPipeline or PixelDiT2Pipeline folder or Hub repo to fine-tune. Without it a model is trained "
+        "from scratch.",
     )
     parser.add_argument("--revision", type=str, default=None, help="Revision of the pretrained pipeline.")
     parser.add_argument("--variant", type=str, default=None, help="Variant of the pretrained weights, e.g. fp16.")
@@ -104,8 +125,28 @@ def parse_args(input_args=None):
         "--preset",
         type=str,
         default="PixelDiT-B",
-        choices=sorted(PIXELDIT_PRESETS),
-        help="Architecture to train from scratch (ignored with --pretrained_model_name_or_path).",
+        choices=sorted(PIXELDIT_PRESETS | PIXELDIT2_PRESETS),
+        help="Architecture to train from scratch (ignored with --pretrained_model_name_or_path); the PixelDiT2-* ones "
+        "train a PixelDiT2.",
+    )
+    parser.add_argument(
+        "--grounding_encoder",
+        type=str,
+        default=None,
+        help="PixelDiT2: the frozen DINOv3 (a transformers DINOv3ViTModel folder or Hub id, e.g. "
+        "facebook/dinov3-vits16-pretrain-lvd1689m). Needed from scratch; default the pretrained pipeline's.",
+    )
+    parser.add_argument(
+        "--grounding_dropout_prob",
+        type=float,
+        default=0.1,
+        help="PixelDiT2: probability to drop a sample's grounding (the null conditioning), independently of its label.",
+    )
+    parser.add_argument(
+        "--joint_dropout_prob",
+        type=float,
+        default=0.0,
+        help="PixelDiT2: probability to drop both the label and the grounding (the 512 px release: 0.05).",
     )
     parser.add_argument(
         "--transformer_config",
@@ -174,8 +215,15 @@ def parse_args(input_args=None):
         choices=["sigma_sqrt", "logit_normal", "mode", "cosmap", "none"],
         help="σ density (logit_normal, mode, else uniform) and loss weighting (sigma_sqrt, cosmap).",
     )
-    parser.add_argument("--logit_mean", type=float, default=0.0, help="Mean of the logit-normal σ density.")
-    parser.add_argument("--logit_std", type=float, default=1.0, help="Std of the logit-normal σ density.")
+    parser.add_argument(
+        "--logit_mean",
+        type=float,
+        default=None,
+        help="Mean of the logit-normal σ density (PixelDiT 0, PixelDiT2 0.8).",
+    )
+    parser.add_argument(
+        "--logit_std", type=float, default=None, help="Std of the logit-normal σ density (PixelDiT 1, PixelDiT2 0.8)."
+    )
     parser.add_argument("--mode_scale", type=float, default=1.29, help="Scale of the `mode` σ density.")
     parser.add_argument(
         "--training_shift", type=float, default=1.0, help="σ = shift·u / (1 + (shift − 1)·u); 1.0 as the paper."
@@ -238,6 +286,21 @@ def parse_args(input_args=None):
 
     args = parser.parse_args(input_args)
     args.argv = sys.argv[1:] if input_args is None else list(input_args)
+    if args.pretrained_model_name_or_path is None:
+        args.pixeldit2 = args.preset in PIXELDIT2_PRESETS
+    else:
+        pipeline_class = training.pretrained_pipeline_class_name(
+            args.pretrained_model_name_or_path, args.revision, args.cache_dir
+        )
+        args.pixeldit2 = pipeline_class == PixelDiT2Pipeline.__name__
+    family = "PixelDiT2" if args.pixeldit2 else "PixelDiT"
+    default_mean, default_std = LOGIT_NORMAL[family]
+    args.logit_mean = default_mean if args.logit_mean is None else args.logit_mean
+    args.logit_std = default_std if args.logit_std is None else args.logit_std
+    if args.pixeldit2 and args.pretrained_model_name_or_path is None and args.grounding_encoder is None:
+        raise ValueError("Training a PixelDiT2 from scratch needs its --grounding_encoder (a DINOv3).")
+    if not args.pixeldit2 and args.grounding_encoder is not None:
+        raise ValueError("--grounding_encoder is for PixelDiT2 (a PixelDiT2-* preset or pipeline).")
     if args.dataset_name is None and args.train_data_dir is None:
         raise ValueError("Pass a dataset: --dataset_name or --train_data_dir.")
     if args.rank is not None and args.pretrained_model_name_or_path is None:
@@ -281,16 +344,34 @@ def main(args):
         )
     labels, names = training.class_ids(dataset, args.label_column)
     scratch_config = {"num_classes": len(names), "sample_size": args.resolution}
+    if args.pixeldit2:  # the official grounded Heun sampler, saved with the result
+        pipeline_class, transformer_class = PixelDiT2Pipeline, PixelDiT2Transformer2DModel
+        scheduler = PixelDiTFlowScheduler(shift=args.training_shift, solver="heun", time_grid="uniform")
+    else:
+        pipeline_class, transformer_class = PixelDiTPipeline, PixelDiTTransformer2DModel
+        scheduler = PixelDiTFlowScheduler(shift=args.training_shift)
     parts = training.load_or_build_pipeline_parts(
-        PixelDiTPipeline,
+        pipeline_class,
         args.pretrained_model_name_or_path,
         preset=args.preset,
         transformer_config={**scratch_config, **training.load_transformer_config(args.transformer_config)},
-        scheduler=PixelDiTFlowScheduler(shift=args.training_shift),
+        scheduler=scheduler,
         revision=args.revision,
         variant=args.variant,
+        transformer_class=transformer_class,
     )
     transformer, scheduler = parts.transformer, parts.scheduler
+    grounding_encoder = None
+    if args.pixeldit2:
+        grounding_encoder = parts.grounding_encoder
+        if args.grounding_encoder is not None:
+            from transformers import DINOv3ViTModel
+
+            grounding_encoder = DINOv3ViTModel.from_pretrained(args.grounding_encoder, cache_dir=args.cache_dir)
+        PixelDiT2Pipeline.check_grounding_encoder(transformer, grounding_encoder)
+        grounding_encoder.eval().requires_grad_(False).to(accelerator.device)
+    # the saved pipeline: its class's components around the (trained) transformer
+    pipeline_components = {"grounding_encoder": grounding_encoder} if args.pixeldit2 else {}
     id2label = parts.config.get("id2label") or {str(i): name for i, name in enumerate(names)}
     recipe = training.sampling_recipe(
         parts.config, args.recipe_num_inference_steps, args.recipe_guidance_scale, args.recipe_guidance_interval
@@ -309,9 +390,17 @@ def main(args):
         lora_alpha=args.lora_alpha,
         lora_layers=args.lora_layers.split(","),
     )
-    sizes, groups = training.group_by_size(dataset, args.image_column, args.resolution, transformer.config.patch_size)
+    patch_size = transformer.config.patch_size
+    sizes, groups = training.group_by_size(dataset, args.image_column, args.resolution, patch_size)
     objective = training.FlowMatchingObjective(
-        args.weighting_scheme, args.logit_mean, args.logit_std, args.mode_scale, args.training_shift
+        args.weighting_scheme,
+        args.logit_mean,
+        args.logit_std,
+        args.mode_scale,
+        args.training_shift,
+        # PixelDiT2: its trained noise scale, and the official loss on the clamped velocity
+        noise_scale=getattr(transformer.config, "noise_scale", 1.0),
+        velocity_clamp_min_sigma=getattr(transformer.config, "velocity_clamp_min_sigma", 0.0),
     )
     train_dataset = training.FlowMatchingDataset(
         dataset,
@@ -320,6 +409,8 @@ def main(args):
         seed=seed,
         objective=objective,
         drop_probability=args.class_dropout_prob,
+        grounding_drop_probability=args.grounding_dropout_prob if args.pixeldit2 else 0.0,
+        joint_drop_probability=args.joint_dropout_prob if args.pixeldit2 else 0.0,
         image_column=args.image_column,
         channels=transformer.config.in_channels,
         center_crop=args.center_crop,
@@ -335,7 +426,9 @@ def main(args):
             args.repa_encoder, transformer, args.repa_layer, accelerator.device, weight_dtype
         )
         models.append(repa.new_projector())
-    training.register_checkpoint_hooks(accelerator, ema=ema, lora=args.rank is not None)
+    training.register_checkpoint_hooks(
+        accelerator, ema=ema, lora=args.rank is not None, transformer_class=transformer_class
+    )
     validation = training.check_distributed_setup(
         accelerator,
         train_batch_size=args.train_batch_size,
@@ -387,7 +480,13 @@ def main(args):
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with accelerator.accumulate(*models):
             class_labels = torch.where(batch["drop"], num_classes, batch["condition"])
-            predict = training.velocity_predictor(transformer, class_labels=class_labels)
+            if args.pixeldit2:
+                grounding_mask = ~batch["drop_grounding"] if "drop_grounding" in batch else None
+                predict = training.grounded_velocity_predictor(
+                    transformer, grounding_encoder, patch_size, class_labels, grounding_mask
+                )
+            else:
+                predict = training.velocity_predictor(transformer, class_labels=class_labels)
             losses = training.flow_matching_losses(objective, predict, batch, repa, projector, args.repa_weight)
             metrics.add(losses)
             accelerator.backward(losses["train_loss"])
@@ -413,7 +512,7 @@ def main(args):
             training.save_checkpoint(accelerator, args.output_dir, global_step, seed, args.checkpoints_total_limit)
         if validation and global_step % args.validation_steps == 0 and accelerator.is_main_process:
             with training.ema_weights(ema, training.unwrap_model(accelerator, transformer)) as model:
-                pipeline = PixelDiTPipeline(model, scheduler, id2label, **recipe)
+                pipeline = pipeline_class(model, scheduler, id2label=id2label, **pipeline_components, **recipe)
                 log_validation(pipeline, args, accelerator, seed, global_step)
         metrics.restart_clock()  # the throughput leaves checkpointing and validation out
     progress_bar.close()
@@ -431,7 +530,7 @@ def main(args):
             is_final_validation=True,
         )
         training.finish_training(
-            PixelDiTPipeline(transformer, scheduler, id2label, **recipe),
+            pipeline_class(transformer, scheduler, id2label=id2label, **pipeline_components, **recipe),
             args.output_dir,
             model_card(args, id2label, objective, max_train_steps),
             lora=args.rank is not None,

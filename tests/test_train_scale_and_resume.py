@@ -5,14 +5,16 @@ SIGKILL then resumed, both reproduce one uninterrupted single-process run. The r
 import logging
 import os
 import signal
-import socket
 import time
 
 import torch
 from train_fixtures import (
+    FORKED_RUN_TIMEOUT_S,
     TINY_TRANSFORMER,
     example,
     fork_script,
+    free_port,
+    log_tail,
     run_in_process,
     transformer_weights,
     write_imagefolder,
@@ -24,17 +26,6 @@ train_class_conditional = example("train_class_conditional")
 SCRIPT = "train_class_conditional.py"
 STEPS = 8
 CHECKPOINTING = ["--checkpointing_steps", "2", "--checkpoints_total_limit", "2"]
-TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def log_tail(path) -> str:
-    return path.read_text()[-3000:] if path.exists() else "(no log)"
 
 
 def test_two_processes_and_a_killed_resumed_run_match_one_uninterrupted_process(tmp_path, caplog):
@@ -51,7 +42,7 @@ def test_two_processes_and_a_killed_resumed_run_match_one_uninterrupted_process(
 
     # B: 1 process x batch 8 with checkpoints, killed once it has one.
     killed = fork_script(SCRIPT, argv("B", 8, *CHECKPOINTING), tmp_path / "B.log")
-    deadline = time.monotonic() + TIMEOUT_S
+    deadline = time.monotonic() + FORKED_RUN_TIMEOUT_S
     while not (tmp_path / "B" / "checkpoint-2").is_dir():
         assert killed.is_alive() and time.monotonic() < deadline, log_tail(tmp_path / "B.log")
         time.sleep(0.005)
@@ -76,7 +67,7 @@ def test_two_processes_and_a_killed_resumed_run_match_one_uninterrupted_process(
         with caplog.at_level(logging.INFO):
             run_in_process(train_class_conditional, argv("B", 8, *CHECKPOINTING, "--resume_from_checkpoint", "latest"))
         for rank, process in enumerate(ranks):
-            process.join(TIMEOUT_S)
+            process.join(FORKED_RUN_TIMEOUT_S)
             assert process.exitcode == 0, log_tail(tmp_path / f"D{rank}.log")
     finally:
         for process in ranks:

@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 import types
 from pathlib import Path
@@ -149,6 +150,21 @@ def _forked_main(script: str, argv: list[str], env: dict[str, str], log: str):
     logging.root.handlers = [logging.StreamHandler(sys.stderr)]
     os.environ.update(env)
     run_in_process(example(Path(script).stem), argv)
+
+
+# How long a forked training run may take in the tests.
+FORKED_RUN_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for a process group's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path) -> str:
+    return path.read_text()[-3000:] if path.exists() else "(no log)"
 
 
 def fork_script(script: str, argv: list[str], log: Path, rank: int = 0, world_size: int = 1, port: int = 0):

@@ -37,6 +37,7 @@ from .components import (
     load_or_build_pipeline_parts,
     load_transformer_config,
     prepare_transformer_for_training,
+    pretrained_pipeline_class_name,
     sampling_recipe,
 )
 from .data import (
@@ -66,6 +67,7 @@ from .objective import (
     FlowMatchingObjective,
     REPAAlignment,
     flow_matching_losses,
+    grounded_velocity_predictor,
     repa_projector,
     velocity_predictor,
 )
@@ -110,6 +112,7 @@ __all__ = [
     "find_resume_checkpoint",
     "finish_training",
     "flow_matching_losses",
+    "grounded_velocity_predictor",
     "frozen_weight_dtype",
     "group_by_size",
     "launch_command",
@@ -122,6 +125,7 @@ __all__ = [
     "log_validation",
     "open_image",
     "prepare_transformer_for_training",
+    "pretrained_pipeline_class_name",
     "preprocess_image",
     "register_checkpoint_hooks",
     "remove_unfinished_checkpoints",

@@ -28,6 +28,17 @@ class PipelineParts:
     transformer: nn.Module
     scheduler: SchedulerMixin
     config: dict[str, Any] = field(default_factory=dict)
+    # PixelDiT2: the pretrained pipeline's frozen grounding encoder
+    grounding_encoder: nn.Module | None = None
+
+
+def pretrained_pipeline_class_name(
+    pretrained_model_name_or_path: str, revision: str | None = None, cache_dir: str | None = None
+) -> str:
+    """The pipeline class a pipeline folder or Hub repo names in its `model_index.json`."""
+    return DiffusionPipeline.load_config(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir)[
+        "_class_name"
+    ]
 
 
 def load_transformer_config(spec: str | None) -> dict[str, Any]:
@@ -60,7 +71,8 @@ def load_or_build_pipeline_parts(
     pipeline = pipeline_class.from_pretrained(
         pretrained_model_name_or_path, revision=revision, variant=variant, **skipped_components
     )
-    return PipelineParts(pipeline.transformer, pipeline.scheduler, dict(pipeline.config))
+    encoder = getattr(pipeline, "grounding_encoder", None)
+    return PipelineParts(pipeline.transformer, pipeline.scheduler, dict(pipeline.config), encoder)
 
 
 def sampling_recipe(

@@ -173,8 +173,10 @@ class FlowMatchingDataset(torch.utils.data.Dataset):
     An item holds `pixel_values` (C, H, W) in [-1, 1] (C = `channels`: grey, RGB or RGBA; (H, W) = the row's
     `sizes` entry), the flow-matching `noise` (C, H, W), `u` (the σ density sample of `objective`, a 0-d tensor),
     `drop` (classifier-free-guidance dropout of the condition, with `drop_probability`) and `condition` (the row's
-    entry of `conditions`, e.g. a class id or a caption; one is picked when a row has several). All draws come from a
-    generator seeded with `sample_seed(seed, step, position)`, in the order u, drop, condition, crop, flip, noise.
+    entry of `conditions`, e.g. a class id or a caption; one is picked when a row has several). PixelDiT2 adds
+    `drop_grounding` (its grounding dropped, with `grounding_drop_probability`), and a joint dropout of both with
+    `joint_drop_probability`. All draws come from a generator seeded with `sample_seed(seed, step, position)`, in the
+    order u, drop, [grounding, joint: only when their probabilities are set], condition, crop, flip, noise.
     """
 
     def __init__(
@@ -186,6 +188,8 @@ class FlowMatchingDataset(torch.utils.data.Dataset):
         seed: int,
         objective: FlowMatchingObjective,
         drop_probability: float,
+        grounding_drop_probability: float = 0.0,
+        joint_drop_probability: float = 0.0,
         image_column: str = "image",
         channels: int = 3,
         center_crop: bool = False,
@@ -200,6 +204,8 @@ class FlowMatchingDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.objective = objective
         self.drop_probability = drop_probability
+        self.grounding_drop_probability = grounding_drop_probability
+        self.joint_drop_probability = joint_drop_probability
         self.image_column = image_column
         self.image_mode = IMAGE_MODES[channels]
         self.center_crop = center_crop
@@ -214,6 +220,11 @@ class FlowMatchingDataset(torch.utils.data.Dataset):
         generator = torch.Generator().manual_seed(sample_seed(self.seed, step, position))
         u = self.objective.sample_u(generator)
         drop = bool(torch.rand((), generator=generator) < self.drop_probability)
+        drops = {"drop": drop}
+        if self.grounding_drop_probability or self.joint_drop_probability:
+            drop_grounding = bool(torch.rand((), generator=generator) < self.grounding_drop_probability)
+            joint = bool(torch.rand((), generator=generator) < self.joint_drop_probability)
+            drops = {"drop": drop or joint, "drop_grounding": drop_grounding or joint}
         condition = self.conditions[index]
         if isinstance(condition, (list, tuple)):
             condition = condition[int(torch.randint(len(condition), (), generator=generator))]
@@ -227,7 +238,7 @@ class FlowMatchingDataset(torch.utils.data.Dataset):
             generator=generator,
         )
         noise = torch.randn(pixel_values.shape, generator=generator)
-        return {"pixel_values": pixel_values, "noise": noise, "u": u, "drop": drop, "condition": condition}
+        return {"pixel_values": pixel_values, "noise": noise, "u": u, **drops, "condition": condition}
 
 
 def steps_per_epoch(groups: Sequence[Sequence[int]], global_batch_size: int) -> int:

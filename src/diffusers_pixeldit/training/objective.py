@@ -1,9 +1,11 @@
 # Copyright 2026 The diffusers-pixeldit authors. Licensed under the Apache License, Version 2.0.
 """The training objective: rectified flow (σ sampling, timeshift, loss weighting) and REPA representation alignment.
 
-Flow matching in diffusers' convention: `x_t = (1 − σ)·x0 + σ·ε` (σ = 1 is noise) and the target is the velocity
-`ε − x0`. The loss takes the model's velocity prediction through one function, `predict_velocity(x_t, σ)`, so that
-models with another parametrisation only need their own such function.
+Flow matching in diffusers' convention: `x_t = (1 − σ)·x0 + σ·s·ε` (σ = 1 is noise, s the noise scale, 1 but for
+PixelDiT2 at 512 px) and the target is the velocity `s·ε − x0`. The loss takes the model's velocity prediction through
+one function, `predict_velocity(x_t, σ)`, so that models with another parametrisation only need their own such
+function. PixelDiT2 (an x-prediction x̂ returned as the clamped velocity `(x_t − x̂) / max(σ, c)`) is trained as the
+official code does, on the clamped velocity: its target is `(x_t − x0) / max(σ, c)`, the same `s·ε − x0` for σ ≥ c.
 """
 
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
 from ..models.transformer_pixeldit import TIMESTEP_SCALE
-from ..models.transformer_pixeldit2 import grounding_encoder_input
+from ..models.transformer_pixeldit2 import encode_grounding, grounding_encoder_input
 
 
 VelocityPredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -29,6 +31,7 @@ class FlowMatchingObjective:
     (`sigmoid(N(logit_mean, logit_std))` for `logit_normal`, the SD3 `mode` density with `mode_scale`, else uniform),
     then `σ = shift·u / (1 + (shift − 1)·u)` (continuous: not snapped to a scheduler grid). The loss is weighted by
     `compute_loss_weighting_for_sd3(weighting_scheme, σ)` (`sigma_sqrt`, `cosmap`; the other schemes are unweighted).
+    `noise_scale` scales the noise, `velocity_clamp_min_sigma` (c > 0 for PixelDiT2) clamps the target's σ.
     """
 
     weighting_scheme: str = "logit_normal"
@@ -36,6 +39,8 @@ class FlowMatchingObjective:
     logit_std: float = 1.0
     mode_scale: float = 1.29
     shift: float = 1.0
+    noise_scale: float = 1.0
+    velocity_clamp_min_sigma: float = 0.0
 
     def sample_u(self, generator: torch.Generator) -> torch.Tensor:
         """One density sample u in (0, 1), a 0-d tensor."""
@@ -56,20 +61,24 @@ class FlowMatchingObjective:
         self, predict_velocity: VelocityPredictor, pixel_values: torch.Tensor, noise: torch.Tensor, u: torch.Tensor
     ) -> torch.Tensor:
         """The flow-matching loss of a batch: the mean over samples of the mean over pixels of
-        `weight(σ)·(predict_velocity(x_t, σ) − (ε − x0))²`, in float32.
+        `weight(σ)·(predict_velocity(x_t, σ) − target)²`, target = `(s·ε − x0)·σ / max(σ, c)`, in float32.
 
         Args:
             predict_velocity: `(x_t (B, C, H, W), σ (B,)) -> velocity (B, C, H, W)`.
             pixel_values: clean images x0 (B, C, H, W) in [-1, 1].
-            noise: ε (B, C, H, W).
+            noise: ε (B, C, H, W), unit variance.
             u: the density samples (B,) (`sample_u`).
         """
         sigmas = self.sigmas(u)
         sigmas_4d = sigmas.view(-1, 1, 1, 1)
+        noise = noise * self.noise_scale
         noisy = (1 - sigmas_4d) * pixel_values + sigmas_4d * noise
         prediction = predict_velocity(noisy, sigmas)
+        target = (noise - pixel_values).float()
+        if self.velocity_clamp_min_sigma > 0:  # (x_t − x0) / max(σ, c)
+            target = target * (sigmas_4d / sigmas_4d.clamp(min=self.velocity_clamp_min_sigma)).float()
         weighting = compute_loss_weighting_for_sd3(self.weighting_scheme, sigmas).view(-1, 1, 1, 1)
-        squared_error = weighting.float() * (prediction.float() - (noise - pixel_values).float()) ** 2
+        squared_error = weighting.float() * (prediction.float() - target) ** 2
         return squared_error.flatten(1).mean(1).mean()
 
 
@@ -83,6 +92,32 @@ def velocity_predictor(transformer: nn.Module, **conditions) -> VelocityPredicto
     return predict
 
 
+def grounded_velocity_predictor(
+    transformer: nn.Module,
+    grounding_encoder: nn.Module,
+    patch_size: int,
+    class_labels: torch.Tensor,
+    grounding_mask: torch.Tensor | None = None,
+) -> VelocityPredictor:
+    """PixelDiT2's velocity prediction as a function of (x_t, σ): the frozen grounding encoder reads x_t
+    (`encode_grounding`, for the transformer's `patch_size`) and the transformer (possibly wrapped, e.g. by DDP) is
+    fed `timestep = σ·1000`, `class_labels` (B,) and the grounding tokens, used where `grounding_mask` (B,) is True
+    (the other rows take the null conditioning: grounding dropout)."""
+
+    def predict(noisy: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        tokens = encode_grounding(grounding_encoder, noisy, patch_size)
+        return transformer(
+            noisy,
+            timestep=sigmas * TIMESTEP_SCALE,
+            class_labels=class_labels,
+            grounding_hidden_states=tokens,
+            grounding_mask=grounding_mask,
+            return_dict=False,
+        )[0]
+
+    return predict
+
+
 def repa_projector(dim: int, out_dim: int) -> nn.Sequential:
     """REPA's projector `Linear(D, D)–SiLU–Linear(D, D)–SiLU–Linear(D, C)`: (B, N, D) → (B, N, C)."""
     return nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, out_dim))
@@ -91,8 +126,8 @@ def repa_projector(dim: int, out_dim: int) -> nn.Sequential:
 class REPAAlignment:
     """REPA representation alignment of a transformer block's tokens with a frozen vision encoder's patch features.
 
-    A forward hook keeps the output tokens of `block` (the image tokens of a joint text-image block); `loss` maps
-    them through the projector and returns `mean(1 − cos)` (token-wise) against the encoder's patch features of the
+    A forward hook keeps the output tokens of `block` (the image tokens of a joint text-image block; the patch tokens,
+    which come last, beside PixelDiT2's in-context class tokens); `loss` maps them through the projector and returns `mean(1 − cos)` (token-wise) against the encoder's patch features of the
     clean images. The images are ImageNet-normalised and resized (bicubic) so that the encoder's token grid is the
     transformer's patch grid, as PixelDiT2's grounding encoder sees them (`grounding_encoder_input`): an H × W image
     becomes `(H // patch_size)·p × (W // patch_size)·p` for an encoder with patches of p pixels (224 × 224 for a 256²
@@ -154,8 +189,9 @@ class REPAAlignment:
     def loss(self, projector: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         """`mean(1 − cos)` between the projected tokens kept by the last forward and the features of `pixel_values`."""
         tokens, self.tokens = self.tokens, None
-        projected = projector(tokens).float()
-        return (1 - F.cosine_similarity(projected, self.features(pixel_values), dim=-1)).mean()
+        features = self.features(pixel_values)
+        projected = projector(tokens[:, -features.shape[1] :]).float()  # the patch tokens (the last ones)
+        return (1 - F.cosine_similarity(projected, features, dim=-1)).mean()
 
     def remove(self):
         """Removes the forward hook."""
