@@ -201,3 +201,18 @@ def test_unreadable_image_is_reported_with_its_path(tmp_path):
             train_class_conditional,
             tiny_args(["--train_data_dir", str(data)], tmp_path / "out", 1, "--report_to", "none"),
         )
+
+
+def test_post_modulation_pixel_blocks_train_from_scratch(tmp_path):
+    # the official `pit_adaln_post_modulation` variant is a config entry the example trains like any other
+    data = write_imagefolder(tmp_path / "digits", 16)
+    config = json.dumps({**json.loads(TINY_TRANSFORMER), "pixel_post_modulation": True})
+    out = tmp_path / "out"
+    # (the later --transformer_config wins)
+    run_in_process(
+        train_class_conditional, tiny_args(["--train_data_dir", str(data)], out, 3, "--transformer_config", config)
+    )
+    pipe = PixelDiTPipeline.from_pretrained(out)
+    assert pipe.transformer.config.pixel_post_modulation
+    # the zero-initialised output layer has moved
+    assert transformer_weights(out / "transformer")["proj_out.weight"].abs().max() > 0
