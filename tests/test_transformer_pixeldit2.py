@@ -23,7 +23,7 @@ from diffusers_pixeldit.conversion import (
     timm_dinov3_to_transformers_state_dict,
     transformers_dinov3_to_timm_state_dict,
 )
-from diffusers_pixeldit.models.transformer_pixeldit import unpatchify
+from diffusers_pixeldit.models.transformer_pixeldit import image_rotary_emb, unpatchify
 from diffusers_pixeldit.models.transformer_pixeldit2 import grounding_encoder_input
 
 
@@ -67,7 +67,8 @@ def test_grounding_projection_of_the_official_fixture(official):
     tokens = encode_grounding(encoder, cases["forward.x"], model.config.patch_size)
     time_proj = time_projection((1 - cases["forward.t_official"].double()) * 1000, 2, "one_minus_sigma")
     grid = cases["forward.x"].shape[-1] // model.config.patch_size
-    rotary = model._image_rotary_emb(model.inner_dim // model.config.grounding_num_attention_heads, grid, grid, "cpu")
+    head_dim = model.inner_dim // model.config.grounding_num_attention_heads
+    rotary = image_rotary_emb(model.config, head_dim, grid, grid, "cpu")
     with torch.no_grad():
         projection = model.grounding_proj(tokens, time_proj, rotary)
     check(projection, cases, "forward.grounding_projection", meta)

@@ -163,6 +163,15 @@ def model_from_preset(model_class: type, presets: dict[str, dict[str, Any]], nam
     return model_class(**{**presets[name], **overrides})
 
 
+def image_rotary_emb(config, head_dim: int, grid_height: int, grid_width: int, device, num_prefix: int = 0):
+    """The patch-grid RoPE `(cos, sin)` of a model `config` (its `rope_grid_extent` and `rope_theta`), from the
+    position-table cache; see `get_2d_interleaved_rotary_pos_embed`."""
+    return position_table(
+        get_2d_interleaved_rotary_pos_embed,
+        *(head_dim, grid_height, grid_width, config.rope_grid_extent, config.rope_theta, device, num_prefix),
+    )
+
+
 def position_table(make_table: Callable, *args):
     """`make_table(*args)`, from a small bounded cache in eager mode; computed in the graph under `torch.compile`
     (which then needs no guards on the cache). The tables are shared: never modify them in place."""
@@ -659,14 +668,6 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
             raise ValueError("This is a class-conditional PixelDiT: pass `class_labels`, not `encoder_hidden_states`.")
         check_class_labels(class_labels, batch_size, config.num_classes)
 
-    def _image_rotary_emb(self, head_dim: int, grid_height: int, grid_width: int, device, num_prefix: int = 0):
-        """The patch-grid RoPE `(cos, sin)` of this model's config, from the position-table cache."""
-        config = self.config
-        return position_table(
-            get_2d_interleaved_rotary_pos_embed,
-            *(head_dim, grid_height, grid_width, config.rope_grid_extent, config.rope_theta, device, num_prefix),
-        )
-
     @apply_lora_scale("attention_kwargs")
     def forward(
         self,
@@ -705,7 +706,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         temb = self.time_embed(time_proj.to(hidden_states.dtype))  # (B, D)
 
         patch_tokens = self.patch_embed(patchify(hidden_states, patch_size))  # (B, L, D)
-        rotary_emb = self._image_rotary_emb(self.config.attention_head_dim, grid_height, grid_width, device)
+        rotary_emb = image_rotary_emb(self.config, self.config.attention_head_dim, grid_height, grid_width, device)
 
         if self.is_text_conditioned:
             text = encoder_hidden_states[:, : self.config.max_text_length]
@@ -748,7 +749,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         pixel_tokens = pixel_tokens.unflatten(1, (grid_height, patch_size)).unflatten(3, (grid_width, patch_size))
         pixel_tokens = pixel_tokens.transpose(2, 3).flatten(3, 4).flatten(1, 2)
         pixel_head_dim = self.config.pixel_attention_head_dim or self.config.attention_head_dim
-        pixel_rotary_emb = self._image_rotary_emb(pixel_head_dim, grid_height, grid_width, device)
+        pixel_rotary_emb = image_rotary_emb(self.config, pixel_head_dim, grid_height, grid_width, device)
         for block in self.pixel_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 pixel_tokens = self._gradient_checkpointing_func(block, pixel_tokens, pixel_cond, pixel_rotary_emb)

@@ -23,9 +23,9 @@ from .transformer_pixeldit import (
     TIME_PROJ_DIM,
     TIMESTEP_SCALE,
     PixelDiTAttention,
-    PixelDiTTransformer2DModel,
     check_class_labels,
     check_image_inputs,
+    image_rotary_emb,
     model_from_preset,
     patchify,
     swiglu_feed_forward,
@@ -291,8 +291,6 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
 
-    _image_rotary_emb = PixelDiTTransformer2DModel._image_rotary_emb
-
     def _run_block(self, block, hidden_states, temb, rotary_emb):
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             return self._gradient_checkpointing_func(block, hidden_states, temb, rotary_emb)
@@ -353,7 +351,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
         cond = (temb.unsqueeze(1) + class_emb).expand(-1, num_patches, -1)  # null conditioning, (B, N, D)
         if grounding_hidden_states is not None:
             grounding_head_dim = self.inner_dim // (config.grounding_num_attention_heads or config.num_attention_heads)
-            grounding_rotary_emb = self._image_rotary_emb(grounding_head_dim, grid_height, grid_width, device)
+            grounding_rotary_emb = image_rotary_emb(config, grounding_head_dim, grid_height, grid_width, device)
             grounding = self.grounding_proj(grounding_hidden_states, time_proj, grounding_rotary_emb)
             grounded_cond = grounding + temb.unsqueeze(1) + class_emb
             cond = (
@@ -365,7 +363,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
             cond = F.silu(cond)
 
         patch_tokens = self.patch_embed(patchify(hidden_states.to(dtype), config.patch_size))  # (B, N, D)
-        rotary_emb = self._image_rotary_emb(head_dim, grid_height, grid_width, device)
+        rotary_emb = image_rotary_emb(config, head_dim, grid_height, grid_width, device)
         num_context = config.in_context_length
         for index, block in enumerate(self.transformer_blocks):
             if num_context and index == config.in_context_start:
@@ -373,7 +371,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
                 context = class_emb.expand(-1, num_context, -1) + self.in_context_pos_embed.to(patch_tokens.dtype)
                 patch_tokens = torch.cat([context, patch_tokens], dim=1)
                 cond_with_context = torch.cat([cond.mean(dim=1, keepdim=True).expand(-1, num_context, -1), cond], 1)
-                rotary_with_context = self._image_rotary_emb(head_dim, grid_height, grid_width, device, num_context)
+                rotary_with_context = image_rotary_emb(config, head_dim, grid_height, grid_width, device, num_context)
             if num_context and index >= config.in_context_start:
                 patch_tokens = self._run_block(block, patch_tokens, cond_with_context, rotary_with_context)
             else:
