@@ -131,6 +131,22 @@ def test_half_precision_model_keeps_the_velocity_in_float32():
     assert (half - reference).abs().max() < 0.05 * reference.abs().max()
 
 
+def test_bf16_storage_with_float32_compute():
+    # layerwise casting: bf16 weights upcast layer by layer; the same as a model with its weights rounded to bf16
+    model, rounded = tiny_pixeldit2(), tiny_pixeldit2()
+    inputs = (torch.randn(2, 3, 16, 16), torch.tensor([500.0, 20.0]), torch.tensor([0, 5]))
+    tokens = torch.randn(2, 4, 16)
+    model.enable_layerwise_casting(storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in rounded.named_parameters():
+            if dict(model.named_parameters())[name].dtype == torch.bfloat16:
+                param.copy_(param.to(torch.bfloat16).float())
+        out = model(*inputs, grounding_hidden_states=tokens).sample
+        expected = rounded(*inputs, grounding_hidden_states=tokens).sample
+    assert model.transformer_blocks[0].attn.to_q.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_non_square_and_patch_multiples():
     model = tiny_pixeldit2()
     for height, width in [(8, 8), (16, 40), (24, 8)]:

@@ -148,8 +148,8 @@ class PixelDiT2GroundingProjection(nn.Module):
         self.proj_out = nn.Linear(dim, dim)
 
     def forward(self, grounding_hidden_states, time_proj, rotary_emb) -> torch.Tensor:
-        """grounding_hidden_states: (B, N, C_enc); time_proj: (B, 256); returns (B, N, D)."""
-        hidden_states = self.proj_in(grounding_hidden_states.to(self.proj_in.weight.dtype))
+        """grounding_hidden_states: (B, N, C_enc) in the compute dtype; time_proj: (B, 256); returns (B, N, D)."""
+        hidden_states = self.proj_in(grounding_hidden_states)
         temb = self.time_embed(time_proj.to(hidden_states.dtype)).unsqueeze(1)
         for block in self.blocks:
             hidden_states = block(hidden_states, temb, rotary_emb)
@@ -352,7 +352,8 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
         if grounding_hidden_states is not None:
             grounding_head_dim = self.inner_dim // (config.grounding_num_attention_heads or config.num_attention_heads)
             grounding_rotary_emb = image_rotary_emb(config, grounding_head_dim, grid_height, grid_width, device)
-            grounding = self.grounding_proj(grounding_hidden_states, time_proj, grounding_rotary_emb)
+            # the encoder's tokens in the compute dtype (its own may differ)
+            grounding = self.grounding_proj(grounding_hidden_states.to(dtype), time_proj, grounding_rotary_emb)
             grounded_cond = grounding + temb.unsqueeze(1) + class_emb
             cond = (
                 grounded_cond
