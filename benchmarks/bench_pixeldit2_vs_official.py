@@ -393,6 +393,19 @@ def source_revision() -> str:
     return f"commit {commit.stdout.strip() or '?'}" + (" + changes in src/" if changed.stdout.strip() else "")
 
 
+def recorded_arguments(argv: list[str]) -> list[str]:
+    """The command-line arguments with the two local folders named as in the module docstring, not by their local paths."""
+    names = {"--official_repo": "pixeldit2-official", "--official_site": "official-site"}
+    recorded, previous = [], None
+    for argument in argv:
+        option, equals, _ = argument.partition("=")
+        if equals and option in names:
+            argument = f"{option}={names[option]}"
+        recorded.append(names[previous] if previous in names else argument)
+        previous = argument
+    return recorded
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"{(a - b).abs().max().item():.1e}"
 
@@ -542,7 +555,7 @@ def main():
     sections.insert(0, scale + ".")
     report = "\n\n".join(sections)
     print("\n" + report)
-    command = "python benchmarks/bench_pixeldit2_vs_official.py " + shlex.join(sys.argv[1:])
+    command = "python benchmarks/bench_pixeldit2_vs_official.py " + shlex.join(recorded_arguments(sys.argv[1:]))
     output = args.output or RESULTS / (
         f"pixeldit2_vs_official_{args.preset.removeprefix('PixelDiT2-').replace('/', '').lower()}_{size}"
         f"{'_' + '_'.join(args.dtypes) if args.dtypes != ['fp32'] else ''}.md"
