@@ -3,8 +3,8 @@
 Quick: the transformer (PixelDiT-B fp32 forward and training steps), the pipeline (PixelDiT-B, 4 steps, with and
 without CFG-interval skipping) and the digits quality (class-conditional model, 2 samplers, 5/25 steps, written to
 benchmarks/results/quick/). Full: `bench_transformer.py --train`, `bench_pipeline.py` and `eval_digits.py` with their
-default (complete) settings. `bench_vs_official.py` needs a checkout of the official code and is not run here. See
-benchmarks/README.md.
+default (complete) settings. `bench_vs_official.py` and `bench_pixeldit2_vs_official.py` need a checkout of the
+official code and are not run here. See benchmarks/README.md.
 """
 
 import argparse
