@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin
 from diffusers.models.cache_utils import CacheMixin
@@ -100,7 +101,13 @@ def encode_grounding(encoder: nn.Module, hidden_states: torch.Tensor, patch_size
 
 @maybe_allow_in_graph
 class PixelDiT2TransformerBlock(nn.Module):
-    """DiT block with pre-RMSNorm and adaLN-Zero from a per-token conditioning (SiLU inside the modulation)."""
+    """DiT block with pre-RMSNorm and adaLN-Zero from a per-token conditioning (SiLU inside the modulation).
+
+    In the main stack the in-context class tokens travel beside the patch tokens as `encoder_hidden_states`: a block
+    with `attends_context` runs on `[context, patches]` joined (the official single stream), the blocks before
+    `in_context_start` pass the context through untouched. Keeping the two apart, with the same shapes at every
+    block, is what diffusers' block caches need (they carry residuals of one shape from the first block to the last).
+    """
 
     def __init__(
         self,
@@ -110,18 +117,17 @@ class PixelDiT2TransformerBlock(nn.Module):
         mlp_ratio: float = 4.0,
         mlp_hidden_multiple: int = 0,
         dropout: float = 0.0,
+        attends_context: bool = False,
     ):
         super().__init__()
+        self.attends_context = attends_context
         self.norm1 = RMSNorm(dim, eps=NORM_EPS)
         self.attn = PixelDiTAttention(dim, num_attention_heads, attention_head_dim, dropout=dropout)
         self.norm2 = RMSNorm(dim, eps=NORM_EPS)
         self.ff = swiglu_feed_forward(dim, mlp_ratio, mlp_hidden_multiple, dropout)
         self.adaln_modulation = nn.Linear(dim, 6 * dim)
 
-    def forward(
-        self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        """hidden_states: (B, T, D); temb: (B, T, D) or (B, 1, D) conditioning; returns (B, T, D)."""
+    def _block(self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaln_modulation(F.silu(temb)).chunk(
             6, dim=-1
         )
@@ -129,6 +135,33 @@ class PixelDiT2TransformerBlock(nn.Module):
         hidden_states = hidden_states + gate_msa * self.attn(norm_hidden_states, rotary_emb=rotary_emb)
         norm_hidden_states = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp
         return hidden_states + gate_mlp * self.ff(norm_hidden_states)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """hidden_states: (B, N, D); temb: (B, N, D) or (B, 1, D) conditioning; encoder_hidden_states: (B, T, D)
+        in-context tokens, or None (the grounding projection). With `attends_context`, `temb` and `rotary_emb` cover
+        the T + N joined tokens. Returns (B, N, D), or `(context, patches)` when given `encoder_hidden_states`."""
+        if encoder_hidden_states is None:
+            return self._block(hidden_states, temb, rotary_emb)
+        if not self.attends_context:
+            return encoder_hidden_states, self._block(hidden_states, temb, rotary_emb)
+        num_context = encoder_hidden_states.shape[1]
+        hidden_states = self._block(torch.cat([encoder_hidden_states, hidden_states], dim=1), temb, rotary_emb)
+        return hidden_states[:, :num_context], hidden_states[:, num_context:]
+
+
+# diffusers' block caches (FirstBlockCache, MagCache) look each block of `transformer_blocks` up in
+# `TransformerBlockRegistry`, which lists only diffusers' own classes: out-of-tree blocks must register themselves,
+# here at import. The main stack's blocks return `(context, patches)`.
+TransformerBlockRegistry.register(
+    PixelDiT2TransformerBlock,
+    TransformerBlockMetadata(return_hidden_states_index=1, return_encoder_hidden_states_index=0),
+)
 
 
 class PixelDiT2GroundingProjection(nn.Module):
@@ -258,6 +291,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
                     mlp_ratio,
                     mlp_hidden_multiple,
                     dropout if index in dropout_blocks else 0.0,
+                    attends_context=bool(in_context_length) and index >= in_context_start,
                 )
                 for index in range(num_layers)
             ]
@@ -291,10 +325,10 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def _run_block(self, block, hidden_states, temb, rotary_emb):
+    def _run_block(self, block, hidden_states, temb, rotary_emb, encoder_hidden_states):
         if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(block, hidden_states, temb, rotary_emb)
-        return block(hidden_states, temb, rotary_emb)
+            return self._gradient_checkpointing_func(block, hidden_states, temb, rotary_emb, encoder_hidden_states)
+        return block(hidden_states, temb, rotary_emb, encoder_hidden_states)
 
     @apply_lora_scale("attention_kwargs")
     def forward(
@@ -365,19 +399,21 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
 
         patch_tokens = self.patch_embed(patchify(hidden_states.to(dtype), config.patch_size))  # (B, N, D)
         rotary_emb = image_rotary_emb(config, head_dim, grid_height, grid_width, device)
+        # The class tokens (class embedding + learned positions, no RoPE) join the attention at block
+        # `in_context_start`, modulated by the mean of the per-patch conditioning; before it they wait untouched.
         num_context = config.in_context_length
-        for index, block in enumerate(self.transformer_blocks):
-            if num_context and index == config.in_context_start:
-                # The class tokens join here, modulated by the mean of the per-patch conditioning.
-                context = class_emb.expand(-1, num_context, -1) + self.in_context_pos_embed.to(patch_tokens.dtype)
-                patch_tokens = torch.cat([context, patch_tokens], dim=1)
-                cond_with_context = torch.cat([cond.mean(dim=1, keepdim=True).expand(-1, num_context, -1), cond], 1)
-                rotary_with_context = image_rotary_emb(config, head_dim, grid_height, grid_width, device, num_context)
-            if num_context and index >= config.in_context_start:
-                patch_tokens = self._run_block(block, patch_tokens, cond_with_context, rotary_with_context)
+        context = patch_tokens.new_zeros(batch_size, 0, self.inner_dim)
+        if num_context:
+            context = class_emb.expand(-1, num_context, -1) + self.in_context_pos_embed.to(patch_tokens.dtype)
+            cond_with_context = torch.cat([cond.mean(dim=1, keepdim=True).expand(-1, num_context, -1), cond], 1)
+            rotary_with_context = image_rotary_emb(config, head_dim, grid_height, grid_width, device, num_context)
+        for block in self.transformer_blocks:
+            if block.attends_context:
+                context, patch_tokens = self._run_block(
+                    block, patch_tokens, cond_with_context, rotary_with_context, context
+                )
             else:
-                patch_tokens = self._run_block(block, patch_tokens, cond, rotary_emb)
-        patch_tokens = patch_tokens[:, num_context:]
+                context, patch_tokens = self._run_block(block, patch_tokens, cond, rotary_emb, context)
 
         shift, scale = self.norm_out_modulation(F.silu(cond)).chunk(2, dim=-1)
         sample = self.proj_out(self.norm_out(patch_tokens) * (1 + scale) + shift)  # (B, N, p²·C)

@@ -126,8 +126,8 @@ def repa_projector(dim: int, out_dim: int) -> nn.Sequential:
 class REPAAlignment:
     """REPA representation alignment of a transformer block's tokens with a frozen vision encoder's patch features.
 
-    A forward hook keeps the output tokens of `block` (the image tokens of a joint text-image block; the patch tokens,
-    which come last, beside PixelDiT2's in-context class tokens); `loss` maps them through the projector and returns `mean(1 − cos)` (token-wise) against the encoder's patch features of the
+    A forward hook keeps the output tokens of `block` (the image tokens of a joint text-image block, or of a PixelDiT2
+    block beside its in-context class tokens); `loss` maps them through the projector and returns `mean(1 − cos)` (token-wise) against the encoder's patch features of the
     clean images. The images are ImageNet-normalised and resized (bicubic) so that the encoder's token grid is the
     transformer's patch grid, as PixelDiT2's grounding encoder sees them (`grounding_encoder_input`): an H × W image
     becomes `(H // patch_size)·p × (W // patch_size)·p` for an encoder with patches of p pixels (224 × 224 for a 256²
@@ -174,7 +174,7 @@ class REPAAlignment:
         return repa_projector(self.token_dim, self.feature_dim)
 
     def _keep_tokens(self, module, inputs, output):
-        # Joint (text-to-image) blocks return (text tokens, image tokens).
+        # Joint (text-to-image) and PixelDiT2 blocks return (text or class tokens, image tokens).
         self.tokens = output[1] if isinstance(output, tuple) else output
 
     @torch.no_grad()
