@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -490,6 +491,25 @@ class PixelDiTPixelBlock(nn.Module):
         hidden_states = hidden_states + gate_msa * self._attention(norm_hidden_states, rotary_emb)
         norm_hidden_states = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp
         return hidden_states + gate_mlp * self.ff(norm_hidden_states)
+
+
+# diffusers' block caches (FirstBlockCache, MagCache) look each block of `transformer_blocks` up in
+# `TransformerBlockRegistry`, which lists only diffusers' own classes: out-of-tree blocks must register themselves,
+# here at import, with the positions of the image (and text) tokens in what `forward` returns.
+# The pixel blocks take no part in the caches: a cached step reuses the patch-level (semantic) pathway and still runs
+# the pixel pathway on the current pixels. They cannot join the block caches (diffusers chains the blocks of one
+# `transformer_blocks` list and carries one residual from the first to the last, and pixel tokens `(B, L, p², d)`
+# have another shape than patch tokens `(B, L, D)`), and they are not worth an attention cache (their attention is
+# 4.7 % of the forward on the class-conditional digits model, 3.4 % in a PixelDiT-XL 256 px forward). What this
+# costs, measured with `benchmarks/bench_caches.py --pixel_pathway` on the digits models at their recipe: the pixel
+# blocks take 61 % (class-conditional) and 37 % (text-to-image) of the forward time (32 % of an XL 256 px forward),
+# which a cached step still spends; and the patch-level reuse deviates more than reusing the whole step would (mean
+# relative velocity error 5.2 % and 6.8 %, against 3.0 % and 4.9 % for the whole-model residual).
+TransformerBlockRegistry.register(PixelDiTTransformerBlock, TransformerBlockMetadata(return_hidden_states_index=0))
+TransformerBlockRegistry.register(  # returns (text, image) tokens, as Flux's double-stream block
+    PixelDiTJointTransformerBlock,
+    TransformerBlockMetadata(return_hidden_states_index=1, return_encoder_hidden_states_index=0),
+)
 
 
 class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):

@@ -18,10 +18,31 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.hooks import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    TaylorSeerCacheConfig,
+)
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
+
+logger = logging.get_logger(__name__)
+
+# The `cache_context` names of the two batch layouts the loop feeds the transformer, as diffusers' pipelines that
+# batch CFG name theirs: `[unconditional, conditional]` and conditional only.
+CFG_BATCH_CONTEXT = "cond_uncond"
+CONDITIONAL_CONTEXT = "cond"
+# The caches whose state is dropped when the batch layout changes mid-call (entering or leaving the CFG interval), so
+# that the call keeps the interval's saving: the steps after the change are computed in full until the cache has a
+# history again (TaylorSeer's `disable_cache_before_step` / `disable_cache_after_step` then count from the change).
+# The others keep one layout for the whole call: MagCache (its `mag_ratios` are per step of the call), FasterCache
+# (it takes every batch for `[unconditional, conditional]`) and caches unknown here.
+LAYOUT_RESETTABLE_CACHES = (FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig)
 
 # The config key holding the timeshift, by scheduler family.
 SHIFT_KEYS = ("shift", "flow_shift")
@@ -172,7 +193,10 @@ class PixelDiTDenoisingMixin:
         return self._num_timesteps
 
     @property
-    def current_timestep(self):
+    def current_timestep(self) -> float | None:
+        """The timestep of the step being computed, the scheduler's (σ·1000, from 1000 at pure noise down to 0), as a
+        Python float: what diffusers' caches expect from `current_timestep_callback=lambda: pipe.current_timestep`,
+        read without a device synchronisation. None outside a call."""
         return self._current_timestep
 
     @property
@@ -186,6 +210,41 @@ class PixelDiTDenoisingMixin:
         self._num_timesteps = None
         self._current_timestep = None
         self._interrupt = False
+
+    def _start_cache(self, guided_steps: list[bool]) -> list[bool]:
+        """Starts the transformer's cache (`transformer.enable_cache`), if any, for a call with these guided steps;
+        returns, per step, whether the transformer gets the `[unconditional, conditional]` batch.
+
+        Without a cache that is the guided steps: outside the CFG interval only the conditional branch runs. Cache
+        states hold per-row tensors of the previous steps, so a cache must not see the batch size change under it:
+        the caches of `LAYOUT_RESETTABLE_CACHES` are reset where it changes (in `denoise`), the others get the CFG
+        batch at every step of a guided call, and only its conditional half is used outside the interval (which
+        costs the unconditional rows of those steps).
+        """
+        cache_config = getattr(self.transformer, "_cache_config", None)
+        if cache_config is None:
+            return guided_steps
+        self._reset_cache()  # a fresh state, also after an interrupted or failed call
+        batched_steps = guided_steps
+        if any(guided_steps) and not isinstance(cache_config, LAYOUT_RESETTABLE_CACHES):
+            batched_steps = [True] * len(guided_steps)
+        if isinstance(cache_config, FasterCacheConfig) and not cache_config.is_guidance_distilled:
+            if not any(batched_steps):
+                raise ValueError(
+                    "FasterCache approximates the unconditional CFG branch, and this call has none (guidance_scale "
+                    "<= 1 or no step in the guidance interval): enable it with `is_guidance_distilled=True`."
+                )
+        if isinstance(cache_config, MagCacheConfig) and cache_config.num_inference_steps != len(guided_steps):
+            logger.warning(
+                f"MagCacheConfig(num_inference_steps={cache_config.num_inference_steps}) but this call evaluates the "
+                f"transformer {len(guided_steps)} times: its `mag_ratios` do not line up with the steps."
+            )
+        return batched_steps
+
+    def _reset_cache(self):
+        """Drops the state the transformer's cache hooks hold (diffusers' `_reset_stateful_cache`)."""
+        if getattr(self.transformer, "_cache_config", None) is not None:
+            self.transformer._reset_stateful_cache()
 
     def sampling_arguments(
         self, height, width, num_inference_steps, guidance_interval, callback_on_step_end_tensor_inputs
@@ -252,35 +311,46 @@ class PixelDiTDenoisingMixin:
             timesteps, step_sigmas = set_flow_timesteps(scheduler, num_inference_steps, device, sigmas)
             # Decided once per call, on the host, before the loop: the loop itself never waits for the device.
             step_sigmas = step_sigmas[: len(timesteps)].cpu()
+            host_timesteps = timesteps.tolist()
             guided_steps = [
                 self.do_classifier_free_guidance
                 and in_guidance_interval(sigma, guidance_interval, self._zero_low_is_unbounded)
                 for sigma in step_sigmas.tolist()
             ]
+            batched_steps = self._start_cache(guided_steps)
             # The model's time input: σ·1000 as a float (the int64 timesteps of some schedulers are rounded).
             model_timesteps = (step_sigmas * scheduler.config.num_train_timesteps).to(device, torch.float32)
             num_warmup_steps = max(len(timesteps) - num_inference_steps * scheduler.order, 0)
             self._num_timesteps = len(timesteps)
             model_dtype = self.transformer.dtype if self._cast_model_input else torch.float32
 
+            previous_batched = None
             with self.progress_bar(total=num_inference_steps) as progress_bar:
                 for i, t in enumerate(timesteps):
                     if self.interrupt:
                         continue
-                    self._current_timestep = t
+                    self._current_timestep = host_timesteps[i]
                     latents = state["latents"]
-                    guided = guided_steps[i]
-                    model_input = torch.cat([latents, latents]) if guided else latents
-                    velocity = self.transformer(
-                        hidden_states=model_input.to(model_dtype),
-                        timestep=model_timesteps[i].expand(model_input.shape[0]),
-                        **model_inputs(state, guided),
-                        attention_kwargs=self.attention_kwargs,
-                        return_dict=False,
-                    )[0].float()
-                    if guided:
+                    batched = batched_steps[i]
+                    if previous_batched is not None and batched != previous_batched:
+                        self._reset_cache()  # a cache tolerant of the reset: drop the states of the other batch size
+                    previous_batched = batched
+                    model_input = torch.cat([latents, latents]) if batched else latents
+                    with self.transformer.cache_context(CFG_BATCH_CONTEXT if batched else CONDITIONAL_CONTEXT):
+                        velocity = self.transformer(
+                            hidden_states=model_input.to(model_dtype),
+                            timestep=model_timesteps[i].expand(model_input.shape[0]),
+                            **model_inputs(state, batched),
+                            attention_kwargs=self.attention_kwargs,
+                            return_dict=False,
+                        )[0].float()
+                    if batched:
                         velocity_uncond, velocity_cond = velocity.chunk(2)
-                        velocity = velocity_uncond + self.guidance_scale * (velocity_cond - velocity_uncond)
+                        velocity = (
+                            velocity_uncond + self.guidance_scale * (velocity_cond - velocity_uncond)
+                            if guided_steps[i]
+                            else velocity_cond
+                        )
                     state["latents"] = scheduler.step(velocity, t, latents, return_dict=False)[0]
 
                     if callback_on_step_end is not None:
