@@ -4,6 +4,12 @@
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 from diffusers.pipelines import pipeline_loading_utils
 
+from .caching import (
+    calibrate_mag_ratios,
+    faster_cache_config,
+    mag_cache_config,
+    pyramid_attention_broadcast_config,
+)
 from .conversion import (
     diffusers_to_official_state_dict,
     infer_config_from_official_state_dict,
@@ -57,13 +63,17 @@ __all__ = [
     "PixelDiTT2IPipeline",
     "PixelDiTTransformer2DModel",
     "T2I_RELEASE_DPM_SOLVER_CONFIG",
+    "calibrate_mag_ratios",
     "diffusers_to_official_state_dict",
     "encode_grounding",
+    "faster_cache_config",
     "imagenet_id2label",
     "infer_config_from_official_state_dict",
     "load_official_checkpoint",
+    "mag_cache_config",
     "official_checkpoint_from_transformer",
     "official_to_diffusers_state_dict",
+    "pyramid_attention_broadcast_config",
     "release_dpm_solver_scheduler",
     "transformer_from_official_state_dict",
 ]
