@@ -303,7 +303,11 @@ class PixelDiTDenoisingMixin:
             num_inference_steps, sigmas, shift: the grid (custom unshifted `sigmas` for schedulers that accept
                 them) and this call's timeshift.
             guidance_interval (`tuple[float, float]`): CFG applies where `low < 1 − σ < high` (see
-                `in_guidance_interval`); elsewhere only the conditional branch is computed.
+                `in_guidance_interval`); elsewhere only the conditional branch is computed (except under a cache
+                that needs the CFG batch at every step, see `_start_cache`).
+
+        Each transformer call runs in `transformer.cache_context` ("cond_uncond" for the CFG batch, "cond" for the
+        conditional branch alone), as diffusers' pipelines do, for the caches of `transformer.enable_cache`.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
