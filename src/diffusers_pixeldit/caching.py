@@ -47,7 +47,9 @@ def faster_cache_config(pipe, **kwargs) -> FasterCacheConfig:
     that carry the CFG batch (`CFG_BATCH_INPUTS`). FasterCache approximates the unconditional branch from the
     conditional one, so it needs CFG (`guidance_scale > 1`) unless `is_guidance_distilled=True`; the pipelines then
     feed it the `[unconditional, conditional]` batch at every step, also outside the CFG interval (where only the
-    conditional half is used).
+    conditional half is used). With `is_guidance_distilled=True`, keep the first timestep (1000) out of
+    `spatial_attention_timestep_skip_range`, as its default `(-1, 681)` does: diffusers 0.42.1 would otherwise
+    approximate the first step's attention from an empty cache (a `TypeError`).
     """
     defaults = {
         "current_timestep_callback": lambda: pipe.current_timestep,
