@@ -8,7 +8,8 @@ generated digits:
 - accuracy: the fraction of generated digits it assigns to the requested class;
 - FD: the Fréchet distance between its PCA features of generated digits and of the 360 held-out real digits, with
   the real-vs-real baseline (as many real training digits as generated ones, against the same held-out digits)
-  printed alongside.
+  printed alongside;
+- speckle: isolated speckle pixels per digit (`diffusers_pixeldit.digits.speckle_counts`), beside the real digits'.
 Each configuration generates `--per_class` digits per class (same seeds everywhere), with the model's recipe CFG
 scale, with its CFG interval ("interval") and with guidance at every step ("full"). The table is printed (markdown)
 and written with a plot of quality against steps to --output_dir.
@@ -36,6 +37,7 @@ from diffusers_pixeldit.digits import (
     load_digit_splits,
     minilm_path,
     pretrained_digits_path,
+    speckle_counts,
 )
 
 
@@ -98,11 +100,13 @@ def main(argv=None):
     train_sample = splits["train"][0][rng.choice(len(splits["train"][0]), num_generated, replace=False)]
     baseline = frechet_distance(classifier.features(train_sample), test_features)
     print(f"classifier: {classifier_accuracy:.1%} on the {len(test_labels)} held-out digits")
-    print(f"FD of {num_generated} real training digits vs the {len(test_images)} held-out ones: {baseline:.2f}\n")
+    print(f"FD of {num_generated} real training digits vs the {len(test_images)} held-out ones: {baseline:.2f}")
+    real_speckle = float(speckle_counts(test_images).mean())
+    print(f"speckle pixels per held-out real digit: {real_speckle:.2f}\n")
 
     rows = []
-    print("| model | sampler | CFG | steps | accuracy | FD | s/image |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| model | sampler | CFG | steps | accuracy | FD | speckle/digit | s/image |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for kind in args.models:
         pipe = load_pipeline(kind)
         pipe.set_progress_bar_config(disable=True)
@@ -117,16 +121,19 @@ def main(argv=None):
                     seconds = (time.perf_counter() - start) / len(images)
                     accuracy = float((classifier.predict(images) == labels).mean())
                     distance = frechet_distance(classifier.features(images), test_features)
+                    speckle = float(speckle_counts(images).mean())
                     cfg = f"{config.default_guidance_scale} {interval_name} {list(interval)}"
                     rows.append(dict(model=kind, sampler=sampler, cfg=interval_name, interval=list(interval),
                                      guidance_scale=config.default_guidance_scale, steps=num_steps, accuracy=accuracy,
-                                     fd=distance, seconds_per_image=seconds))  # fmt: skip
+                                     fd=distance, speckle=speckle, seconds_per_image=seconds))  # fmt: skip
                     print(
-                        f"| {kind} | {sampler} | {cfg} | {num_steps} | {accuracy:.1%} | {distance:.2f} | {seconds:.3f} |"
+                        f"| {kind} | {sampler} | {cfg} | {num_steps} | {accuracy:.1%} | {distance:.2f} | {speckle:.2f} "
+                        f"| {seconds:.3f} |"
                     )
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     summary = {"classifier_accuracy": classifier_accuracy, "fd_real_vs_real": baseline, "per_class": args.per_class}
+    summary["speckle_real"] = real_speckle
     summary["rows"] = rows
     (args.output_dir / "digits_quality.json").write_text(json.dumps(summary, indent=1))
     plot(rows, baseline, args.output_dir / "digits_quality.png")

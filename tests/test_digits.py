@@ -11,6 +11,7 @@ from diffusers_pixeldit.digits import (
     load_digit_splits,
     minilm_path,
     pretrained_digits_path,
+    speckle_counts,
 )
 
 
@@ -30,6 +31,17 @@ def test_data_split_and_classifier(classifier):
         classifier.features(np.random.default_rng(0).random((360, 32, 32))), classifier.features(test_x)
     )
     assert real < 3 < 30 < noise
+
+
+def test_speckle_counts_lone_pixels_not_strokes():
+    images = np.zeros((2, 32, 32))
+    images[:, :, 14:18] = 1.0  # a stroke 4 pixels wide (its square corners would count), and its edges
+    images[1, 3, 3] = 0.6  # a grey speck
+    images[1, 0, 31] = 1.0  # a speck in a corner
+    images[1, 20, 15] = 0.5  # a dark speck inside the stroke
+    assert speckle_counts(images).tolist() == [0, 3]
+    assert speckle_counts(np.round(images * 255).astype(np.uint8)[..., None]).tolist() == [0, 3]
+    assert speckle_counts(load_digit_splits()["test"][0]).sum() == 0  # real digits have none
 
 
 def size_mb(folder) -> float:

@@ -7,7 +7,8 @@ PIL's bilinear filter (one channel); pixels map to [-1, 1] for the models.
 
 Quality: a classifier fitted on the training split (PCA + RBF SVM) judges generated digits: accuracy against the
 requested class, and the Fréchet distance between its PCA features of generated and held-out real digits.
-scikit-learn and SciPy are only needed for the data and the metric (`pip install diffusers-pixeldit[digits]`).
+scikit-learn and SciPy are only needed for the data and these metrics (`pip install diffusers-pixeldit[digits]`).
+Cleanliness: `speckle_counts`, the isolated pixels far from their 3×3 median (NumPy only).
 """
 
 from importlib import resources
@@ -18,6 +19,10 @@ import PIL.Image
 
 
 IMAGE_SIZE = 32
+# A speckle pixel differs from the median of its 3×3 neighbourhood by more than this, in [0, 1] grey levels: the
+# smallest threshold at which real digits have (almost) none (0 of the 360 held-out digits, 1 pixel in the 1,437
+# training ones; at 0.15 they already have 0.06 per image).
+SPECKLE_THRESHOLD = 0.2
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # Class names with synonyms (`id2label` of the class-conditional model): "seven, 7".
 CLASS_NAMES = [f"{name}, {digit}" for digit, name in enumerate(DIGIT_NAMES)]
@@ -103,3 +108,25 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     cov_a, cov_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
     cov_sqrt = linalg.sqrtm(cov_a @ cov_b).real
     return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * cov_sqrt))
+
+
+def speckle_counts(images: np.ndarray, threshold: float = SPECKLE_THRESHOLD) -> np.ndarray:
+    """Isolated speckle pixels per image: pixels `p` with `|p − median3×3(p)| > threshold` (grey levels in [0, 1]).
+
+    A 3×3 median removes lone specks (and lines one pixel wide) but keeps wider strokes and their edges, so this
+    counts the grain a person sees (a halo of dots around a "zero"), not the strokes: the real digits' strokes are
+    about 4 pixels wide at 32×32, and they have none. Borders are mirrored (without repeating the edge pixel).
+
+    Args:
+        images (`np.ndarray`): uint8 or [0, 1] float images `(N, H, W)` or `(N, H, W, 1)`.
+
+    Returns:
+        `np.ndarray` of shape `(N,)`: the number of speckle pixels of each image.
+    """
+    images = np.asarray(images)
+    images = (images / 255.0 if images.dtype == np.uint8 else images.astype(np.float64)).reshape(images.shape[:3])
+    height, width = images.shape[1:]
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)), mode="reflect")
+    windows = [padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
+    median = np.median(np.stack(windows), axis=0)
+    return (np.abs(images - median) > threshold).sum(axis=(1, 2))
