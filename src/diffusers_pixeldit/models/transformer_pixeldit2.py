@@ -29,6 +29,7 @@ from .transformer_pixeldit import (
     image_rotary_emb,
     model_from_preset,
     patchify,
+    position_table,
     swiglu_feed_forward,
     time_projection,
     unpatchify,
@@ -73,14 +74,21 @@ PIXELDIT2_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def imagenet_normalization(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's `(mean, std)`, each of shape `(1, 3, 1, 1)`, on `device` in `dtype`."""
+    return tuple(
+        torch.tensor(values, device=device).view(1, 3, 1, 1).to(dtype) for values in (IMAGENET_MEAN, IMAGENET_STD)
+    )
+
+
 def grounding_encoder_input(hidden_states: torch.Tensor, patch_size: int, encoder_patch_size: int) -> torch.Tensor:
     """The grounding encoder's input for `hidden_states` `(B, 3, H, W)` in [-1, 1] (noisy, any scale): mapped to
     [0, 1] and ImageNet-normalised in its own dtype, unclamped, then — only when the sizes differ — resized (bicubic) to
     `(H/p · q, W/p · q)` (q = the encoder's patch size), so that the encoder's token grid is the model's patch grid."""
     height, width = hidden_states.shape[-2:]
     size = (height // patch_size * encoder_patch_size, width // patch_size * encoder_patch_size)
-    mean = torch.tensor(IMAGENET_MEAN, device=hidden_states.device).view(1, 3, 1, 1).to(hidden_states.dtype)
-    std = torch.tensor(IMAGENET_STD, device=hidden_states.device).view(1, 3, 1, 1).to(hidden_states.dtype)
+    # cached: a host-to-device copy at every sampling step would wait for the device
+    mean, std = position_table(imagenet_normalization, hidden_states.device, hidden_states.dtype)
     pixel_values = ((hidden_states + 1.0) * 0.5 - mean) / std
     if size != (height, width):
         pixel_values = F.interpolate(pixel_values, size=size, mode="bicubic", align_corners=False)
@@ -96,7 +104,8 @@ def encode_grounding(encoder: nn.Module, hidden_states: torch.Tensor, patch_size
     pixel_values = grounding_encoder_input(hidden_states, patch_size, config.patch_size)
     dtype = next(encoder.parameters()).dtype
     tokens = encoder(pixel_values=pixel_values.to(dtype)).last_hidden_state
-    return tokens[:, 1 + config.num_register_tokens :]
+    # contiguous, as the CFG batch built from them is: the transformer then sees the same strides at every step
+    return tokens[:, 1 + config.num_register_tokens :].contiguous()
 
 
 @maybe_allow_in_graph
@@ -144,15 +153,17 @@ class PixelDiT2TransformerBlock(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """hidden_states: (B, N, D); temb: (B, N, D) or (B, 1, D) conditioning; encoder_hidden_states: (B, T, D)
-        in-context tokens, or None (the grounding projection). With `attends_context`, `temb` and `rotary_emb` cover
-        the T + N joined tokens. Returns (B, N, D), or `(context, patches)` when given `encoder_hidden_states`."""
+        in-context tokens, or None (the block alone). With `attends_context`, `temb` and `rotary_emb` cover the T + N
+        joined tokens. Returns (B, N, D), or `(context, patches)` when given `encoder_hidden_states`."""
         if encoder_hidden_states is None:
             return self._block(hidden_states, temb, rotary_emb)
         if not self.attends_context:
             return encoder_hidden_states, self._block(hidden_states, temb, rotary_emb)
         num_context = encoder_hidden_states.shape[1]
         hidden_states = self._block(torch.cat([encoder_hidden_states, hidden_states], dim=1), temb, rotary_emb)
-        return hidden_states[:, :num_context], hidden_states[:, num_context:]
+        # Contiguous, as the first such block's inputs are: under `compile_repeated_blocks` every block attending the
+        # context then runs one compiled graph (slices of other strides would each need a graph of their own).
+        return hidden_states[:, :num_context].contiguous(), hidden_states[:, num_context:].contiguous()
 
 
 # diffusers' block caches (FirstBlockCache, MagCache) look each block of `transformer_blocks` up in
@@ -164,6 +175,19 @@ TransformerBlockRegistry.register(
 )
 
 
+@maybe_allow_in_graph
+class PixelDiT2GroundingBlock(PixelDiT2TransformerBlock):
+    """A block of the grounding projection: the same DiT block on the grounding tokens alone, modulated by one
+    vector per image. A class of its own so that `compile_repeated_blocks` compiles it apart from the main stack's
+    blocks (its inputs have other shapes: together they would outgrow dynamo's recompile limit)."""
+
+    def forward(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """hidden_states: (B, N, D); temb: (B, 1, D); returns (B, N, D)."""
+        return self._block(hidden_states, temb, rotary_emb)
+
+
 class PixelDiT2GroundingProjection(nn.Module):
     """P_g: the grounding encoder's patch tokens -> one conditioning vector per patch, through transformer blocks
     modulated by a time embedding of their own."""
@@ -173,10 +197,7 @@ class PixelDiT2GroundingProjection(nn.Module):
         self.proj_in = nn.Linear(in_dim, dim)
         self.time_embed = TimestepEmbedding(TIME_PROJ_DIM, dim)
         self.blocks = nn.ModuleList(
-            [
-                PixelDiT2TransformerBlock(dim, num_attention_heads, dim // num_attention_heads)
-                for _ in range(num_layers)
-            ]
+            [PixelDiT2GroundingBlock(dim, num_attention_heads, dim // num_attention_heads) for _ in range(num_layers)]
         )
         self.proj_out = nn.Linear(dim, dim)
 
@@ -231,8 +252,8 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
     """
 
     _supports_gradient_checkpointing = True
-    _no_split_modules = ["PixelDiT2TransformerBlock"]
-    _repeated_blocks = ["PixelDiT2TransformerBlock"]
+    _no_split_modules = ["PixelDiT2TransformerBlock", "PixelDiT2GroundingBlock"]
+    _repeated_blocks = ["PixelDiT2TransformerBlock", "PixelDiT2GroundingBlock"]
     _skip_layerwise_casting_patterns = ["patch_embed", "time_embed", "class_embed", "norm"]
 
     @register_to_config

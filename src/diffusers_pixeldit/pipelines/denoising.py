@@ -129,6 +129,10 @@ def set_flow_timesteps(
         scheduler.set_timesteps(sigmas=sigmas, device=device)
     else:
         scheduler.set_timesteps(num_inference_steps, device=device)
+    if hasattr(scheduler, "set_begin_index"):
+        # Sampling starts at the grid's first point: the scheduler need not search its grid for the first timestep
+        # (a search whose answer the host reads: a device synchronisation at the first step).
+        scheduler.set_begin_index(0)
     return scheduler.timesteps, scheduler.sigmas
 
 
@@ -343,7 +347,8 @@ class PixelDiTDenoisingMixin:
                     with self.transformer.cache_context(CFG_BATCH_CONTEXT if batched else CONDITIONAL_CONTEXT):
                         velocity = self.transformer(
                             hidden_states=model_input.to(model_dtype),
-                            timestep=model_timesteps[i].expand(model_input.shape[0]),
+                            # a tensor of its own (not a view at offset i): torch.compile guards storage offsets
+                            timestep=model_timesteps[i].repeat(model_input.shape[0]),
                             **model_inputs(state, batched),
                             attention_kwargs=self.attention_kwargs,
                             return_dict=False,

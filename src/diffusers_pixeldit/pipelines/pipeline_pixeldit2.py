@@ -96,13 +96,19 @@ class PixelDiT2Pipeline(DiffusionPipeline, ClassConditionalMixin):
 
     def _model_inputs(self, class_labels: torch.Tensor, guided_class_labels: torch.Tensor) -> ModelInputs:
         batch_size = class_labels.shape[0]
-        # the unconditional half of a guided batch is not grounded
+        # the unconditional half of a guided batch is not grounded; every row of a conditional batch is. A mask in
+        # both cases, so that the transformer takes the same arguments at every step (one graph under torch.compile).
         guided_mask = torch.arange(2 * batch_size, device=class_labels.device) >= batch_size
+        conditional_mask = torch.ones(batch_size, dtype=torch.bool, device=class_labels.device)
 
         def model_inputs(state, guided):
             tokens = self.encode_grounding(state["latents"])  # the current noisy images, conditional half only
             if not guided:
-                return {"class_labels": class_labels, "grounding_hidden_states": tokens}
+                return {
+                    "class_labels": class_labels,
+                    "grounding_hidden_states": tokens,
+                    "grounding_mask": conditional_mask,
+                }
             tokens = torch.cat([torch.zeros_like(tokens), tokens])
             return {
                 "class_labels": guided_class_labels,
