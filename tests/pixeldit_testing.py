@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: tiny models and inputs, the official-output fixtures and their tolerance rule."""
+"""Helpers shared by the tests: tiny models and inputs, the official-output fixtures and their tolerance rule,
+counting torch.compile's compilations."""
 
 import json
 from pathlib import Path
@@ -229,3 +230,25 @@ def tiny_pixeldit2(seed: int = 0, **overrides):
 
     torch.manual_seed(seed)
     return randomize_(PixelDiT2Transformer2DModel(**{**TINY_PIXELDIT2, **overrides}), seed).eval()
+
+
+def record_compilations(transformer: torch.nn.Module, counter) -> list[tuple[int, int]]:
+    """`(batch size, graphs compiled so far)` after each call of `transformer` (called with `hidden_states=`), appended
+    as they happen; `counter` is a `torch._dynamo.testing.CompileCounterWithBackend`."""
+    calls = []
+    transformer.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append((kwargs["hidden_states"].shape[0], counter.frame_count)),
+        with_kwargs=True,
+    )
+    return calls
+
+
+def compiled_only_at_new_batch_sizes(calls: list[tuple[int, int]]) -> bool:
+    """Whether graphs were compiled only by calls with a batch size no earlier call had."""
+    seen, compiled_before = set(), 0
+    for batch_size, compiled in calls:
+        if compiled > compiled_before and batch_size in seen:
+            return False
+        seen.add(batch_size)
+        compiled_before = compiled
+    return True

@@ -14,8 +14,17 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from peft import LoraConfig
-from pixeldit_testing import FIXTURES, load_official_fixture, model_from_official, tiny_model, tolerance_check
+from pixeldit_testing import (
+    FIXTURES,
+    compiled_only_at_new_batch_sizes,
+    load_official_fixture,
+    model_from_official,
+    record_compilations,
+    tiny_model,
+    tolerance_check,
+)
 from safetensors.torch import load_file
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from diffusers_pixeldit import PixelDiTFlowScheduler, PixelDiTPipeline, PixelDiTTransformer2DModel
 
@@ -67,15 +76,25 @@ def test_official_sampling_fixture(solver, case):
 
 
 def test_fused_and_compiled_transformer_keeps_official_parity():
-    # The fast set-up: fused q/k/v projections and compiled repeated blocks, without graph breaks, at batch 2 (inside
-    # the CFG interval) and 1 (outside it: the fixture's first two steps).
+    # The fast set-up: fused q/k/v projections and compiled repeated blocks (inductor), without graph breaks, at
+    # batch 2 (outside the CFG interval: the fixture's first two steps) and 4 (inside it). The blocks compile at the
+    # first step of each batch size only — per block class a graph for batch 2, then, with a dynamic batch size, one
+    # for the first block (its input is a view, of the embedding's output) and one for the others — and a second
+    # sampling compiles nothing.
     state_dict, _, _ = load_official_fixture("c2i_tiny")
     model = model_from_official(state_dict, sample_size=32)
     model.fuse_qkv_projections()
-    model.compile_repeated_blocks(fullgraph=True)
+    counter = CompileCounterWithBackend("inductor")
+    model.compile_repeated_blocks(fullgraph=True, backend=counter)
     torch.compiler.reset()
     try:
+        calls = record_compilations(model, counter)
         check_official_sampling_fixture(model, "adams_bashforth", "flow_dpm_solver")
+        assert {batch_size for batch_size, _ in calls} == {2, 4}
+        assert compiled_only_at_new_batch_sizes(calls) and counter.frame_count == 2 * 3
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            check_official_sampling_fixture(model, "adams_bashforth", "flow_dpm_solver")
+        assert counter.frame_count == 2 * 3
     finally:
         torch.compiler.reset()
 

@@ -299,6 +299,19 @@ def test_save_load_and_lora(tmp_path):
     torch.testing.assert_close(model(*inputs, attention_kwargs={"scale": 0.0}).sample, base, rtol=0, atol=1e-6)
 
 
+def test_model_class_attributes():
+    cls = PixelDiT2Transformer2DModel
+    # the main stack's blocks and the grounding projection's, apart (compile_repeated_blocks: a cache of graphs each)
+    assert (
+        set(cls._no_split_modules)
+        == set(cls._repeated_blocks)
+        == {"PixelDiT2TransformerBlock", "PixelDiT2GroundingBlock"}
+    )
+    model = tiny_pixeldit2()
+    assert {type(block).__name__ for block in model.transformer_blocks} == {"PixelDiT2TransformerBlock"}
+    assert {type(block).__name__ for block in model.grounding_proj.blocks} == {"PixelDiT2GroundingBlock"}
+
+
 def test_torch_compile_fullgraph_matches_eager():
     model = tiny_pixeldit2()
     inputs = (torch.randn(2, 3, 16, 16), torch.tensor([500.0, 40.0]), torch.tensor([2, 5]))
