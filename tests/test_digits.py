@@ -1,4 +1,9 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
@@ -70,3 +75,15 @@ def test_shipped_text_to_image_model_draws_recognisable_digits(classifier):
     prompts = [f"a handwritten digit {DIGIT_NAMES[label]}" for label in labels]
     images = pipe(prompts, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert (classifier.predict(images[..., 0]) == np.array(labels)).mean() >= 0.8
+
+
+def test_demo_writes_the_grid_and_gif_and_a_benchmark_line_without_warnings(tmp_path):
+    demo = Path(__file__).parents[1] / "scripts" / "demo_digits.py"
+    command = [sys.executable, str(demo), "--output_dir", str(tmp_path), "--images_per_class", "1"]
+    result = subprocess.run([*command, "--num_inference_steps", "2", "--threads", "1"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "benchmark: imports" in result.stdout and "speckle pixels per digit" in result.stdout
+    assert PIL.Image.open(tmp_path / "digits_grid.png").size[1] == 10 * (32 * 3 + 2)  # a row per class
+    gif = PIL.Image.open(tmp_path / "digits_sampling.gif")
+    assert gif.n_frames == 1 + 2  # the noise and each step (Pillow merges the held result into the last frame)
+    assert (tmp_path / "digits_sampling.gif").stat().st_size < 2 * 2**20
