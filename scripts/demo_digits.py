@@ -62,8 +62,11 @@ def idle_threads() -> int:
     """Torch threads for this run: the cores the other processes leave idle (1-minute load average), at least one.
     On a shared machine, more OpenMP threads than idle cores spin-wait on busy ones: measured on 2 cores with two
     other processes running, a 2-thread forward of this model took 2–30× the time of a 1-thread one."""
-    cores = torch.get_num_threads()
-    return max(1, min(cores, round(len(os.sched_getaffinity(0)) - os.getloadavg()[0])))
+    threads = torch.get_num_threads()
+    if not hasattr(os, "getloadavg"):  # Windows
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # macOS: no affinity
+    return max(1, min(threads, round(cores - os.getloadavg()[0])))
 
 
 def main(argv=None):
