@@ -9,7 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     package_dir={"": "src"},
-    packages=find_packages("src"),
+    # `pretrained/` holds the embedded pipeline folders (data only), declared so that setuptools ships it as such
+    packages=[*find_packages("src"), "diffusers_pixeldit.pretrained"],
     include_package_data=True,
     package_data={
         "diffusers_pixeldit": ["data/*.json", "pretrained/*/*.json", "pretrained/*/*.md", "pretrained/*/*/*"],
