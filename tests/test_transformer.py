@@ -237,20 +237,20 @@ def test_forward_makes_no_data_dependent_host_sync(kind):
 
 
 def test_position_tables_are_cached_and_serve_training():
-    from diffusers_pixeldit.models.transformer_pixeldit import _cached_position_table
+    from diffusers_pixeldit.models.transformer_pixeldit import _cached_constant_table
 
     model = tiny_model("t2i")
     inputs = tiny_inputs(model, height=20, width=28)
-    _cached_position_table.cache_clear()
+    _cached_constant_table.cache_clear()
     with torch.inference_mode():
         reference = run(model, **inputs)
-    built = _cached_position_table.cache_info().misses  # image RoPE x2 head dims, text RoPE, pixel sin-cos
+    built = _cached_constant_table.cache_info().misses  # image RoPE x2 head dims, text RoPE, pixel sin-cos
     assert built == 4
     # the tables built under inference mode are reused by a training step, and its gradients flow
     model.train()
     loss = model(**inputs).sample.square().mean()
     loss.backward()
-    info = _cached_position_table.cache_info()
+    info = _cached_constant_table.cache_info()
     assert (info.misses, info.hits) == (built, built)
     assert model.patch_embed.weight.grad.abs().sum() > 0
     torch.testing.assert_close(model.eval()(**inputs).sample, reference, rtol=0, atol=0)

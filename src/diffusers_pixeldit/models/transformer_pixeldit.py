@@ -41,7 +41,7 @@ IMAGENET_NUM_CLASSES = 1000
 # The text-to-image release's learned text positions (also its prompt length in tokens).
 RELEASE_MAX_TEXT_LENGTH = 300
 # Position tables (RoPE, pixel sin-cos) kept per (kind, sizes, device, dtype); a few resolutions at a time.
-POSITION_TABLE_CACHE_SIZE = 32
+CONSTANT_TABLE_CACHE_SIZE = 32
 
 # Architectures of the paper / official release. The class-conditional ones use the ImageNet release's time and
 # velocity conventions, the text-to-image one those of the T2I release (see `PixelDiTTransformer2DModel`).
@@ -150,8 +150,8 @@ def get_text_rotary_pos_embed(
     return get_1d_rotary_pos_embed(head_dim, positions, theta=theta, use_real=True)
 
 
-@functools.lru_cache(maxsize=POSITION_TABLE_CACHE_SIZE)
-def _cached_position_table(make_table: Callable, *args):
+@functools.lru_cache(maxsize=CONSTANT_TABLE_CACHE_SIZE)
+def _cached_constant_table(make_table: Callable, *args):
     # Built outside any inference-mode / autograd context, so that a table made while sampling can serve training.
     with torch.inference_mode(False), torch.no_grad():
         return make_table(*args)
@@ -166,19 +166,20 @@ def model_from_preset(model_class: type, presets: dict[str, dict[str, Any]], nam
 
 def image_rotary_emb(config, head_dim: int, grid_height: int, grid_width: int, device, num_prefix: int = 0):
     """The patch-grid RoPE `(cos, sin)` of a model `config` (its `rope_grid_extent` and `rope_theta`), from the
-    position-table cache; see `get_2d_interleaved_rotary_pos_embed`."""
-    return position_table(
+    constant-table cache; see `get_2d_interleaved_rotary_pos_embed`."""
+    return constant_table(
         get_2d_interleaved_rotary_pos_embed,
         *(head_dim, grid_height, grid_width, config.rope_grid_extent, config.rope_theta, device, num_prefix),
     )
 
 
-def position_table(make_table: Callable, *args):
-    """`make_table(*args)`, from a small bounded cache in eager mode; computed in the graph under `torch.compile`
+def constant_table(make_table: Callable, *args):
+    """`make_table(*args)` for the tensors that depend only on sizes, device and dtype (position, RoPE and
+    normalisation tables), from a small bounded cache in eager mode; computed in the graph under `torch.compile`
     (which then needs no guards on the cache). The tables are shared: never modify them in place."""
     if torch.compiler.is_compiling():
         return make_table(*args)
-    return _cached_position_table(make_table, *args)
+    return _cached_constant_table(make_table, *args)
 
 
 def check_image_inputs(hidden_states: torch.Tensor, timestep: torch.Tensor, in_channels: int, patch_size: int):
@@ -733,7 +734,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
             text_length = text.shape[1]
             text_tokens = self.context_norm(self.context_embedder(text))
             text_tokens = text_tokens + self.context_pos_embed[:, :text_length].to(text_tokens.dtype)
-            text_rotary_emb = position_table(
+            text_rotary_emb = constant_table(
                 get_text_rotary_pos_embed,
                 self.config.attention_head_dim,
                 text_length,
@@ -761,7 +762,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
 
         # Pixel level: (B, C, H, W) -> (B, L, p², d) with pixels in raster order inside each patch.
         pixel_tokens = self.pixel_embed(hidden_states.permute(0, 2, 3, 1))
-        columns, rows = position_table(
+        columns, rows = constant_table(
             get_pixel_sincos_pos_embed, self.config.pixel_embed_dim, height, width, device, pixel_tokens.dtype
         )
         pos_embed = torch.cat([columns.expand(height, -1, -1), rows[:, None].expand(-1, width, -1)], dim=-1)

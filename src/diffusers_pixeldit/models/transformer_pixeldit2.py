@@ -26,10 +26,10 @@ from .transformer_pixeldit import (
     PixelDiTAttention,
     check_class_labels,
     check_image_inputs,
+    constant_table,
     image_rotary_emb,
     model_from_preset,
     patchify,
-    position_table,
     swiglu_feed_forward,
     time_projection,
     unpatchify,
@@ -88,7 +88,7 @@ def grounding_encoder_input(hidden_states: torch.Tensor, patch_size: int, encode
     height, width = hidden_states.shape[-2:]
     size = (height // patch_size * encoder_patch_size, width // patch_size * encoder_patch_size)
     # cached: a host-to-device copy at every sampling step would wait for the device
-    mean, std = position_table(imagenet_normalization, hidden_states.device, hidden_states.dtype)
+    mean, std = constant_table(imagenet_normalization, hidden_states.device, hidden_states.dtype)
     pixel_values = ((hidden_states + 1.0) * 0.5 - mean) / std
     if size != (height, width):
         pixel_values = F.interpolate(pixel_values, size=size, mode="bicubic", align_corners=False)
