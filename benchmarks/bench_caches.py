@@ -5,10 +5,11 @@
     python benchmarks/bench_caches.py --pixel_pathway    # where the forward time goes, and what reusing each pathway costs
 
 Each configuration samples the model's shipped recipe (steps, sampler, CFG scale and interval) for `--per_class`
-digits per class (same seeds everywhere) with one cache enabled (`pipe.transformer.enable_cache`) and reports: the
-wall time of the call, the work done in the patch and pixel blocks (rows through their attention outputs and
-feed-forwards, against the uncached call), the accuracy and Fréchet distance of `DigitClassifier` (as
-`eval_digits.py`), and the largest pixel deviation (in [0, 1]) from the uncached images. MagCache uses the ratios
+digits per class (same seeds everywhere) with one cache enabled (`pipe.transformer.enable_cache`; "whole step" is
+`whole_step_cache_config`, TaylorSeer's lite mode, which skips both pathways) and reports: the wall time of the call,
+the work done in the patch and pixel blocks (rows through their attention outputs and feed-forwards, against the
+uncached call), the accuracy and Fréchet distance of `DigitClassifier` (as `eval_digits.py`), and the largest pixel
+deviation (in [0, 1]) from the uncached images. MagCache uses the ratios
 shipped beside each model (`mag_ratios.json`).
 
 `--pixel_pathway` times the patch and pixel blocks over an uncached call, then, along the uncached trajectory,
@@ -26,7 +27,12 @@ import torch
 from diffusers.hooks import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 from eval_digits import load_pipeline
 
-from diffusers_pixeldit.caching import faster_cache_config, mag_cache_config, pyramid_attention_broadcast_config
+from diffusers_pixeldit.caching import (
+    faster_cache_config,
+    mag_cache_config,
+    pyramid_attention_broadcast_config,
+    whole_step_cache_config,
+)
 from diffusers_pixeldit.digits import DIGIT_NAMES, DigitClassifier, frechet_distance, load_digit_splits
 
 
@@ -40,6 +46,9 @@ CACHES = {
     "TaylorSeer interval 3": lambda pipe, folder: TaylorSeerCacheConfig(
         cache_interval=3, disable_cache_before_step=3, taylor_factors_dtype=torch.float32
     ),
+    "whole step, interval 2": lambda pipe, folder: whole_step_cache_config(cache_interval=2),
+    "whole step, interval 3": lambda pipe, folder: whole_step_cache_config(cache_interval=3),
+    "whole step, interval 3, order 2": lambda pipe, folder: whole_step_cache_config(cache_interval=3, max_order=2),
     "MagCache 0.06": lambda pipe, folder: mag_cache_config(folder, threshold=0.06),
     "MagCache 0.12": lambda pipe, folder: mag_cache_config(folder, threshold=0.12),
     "FasterCache": lambda pipe, folder: faster_cache_config(pipe),
@@ -48,7 +57,14 @@ CACHES = {
         pipe, spatial_attention_block_identifiers=PyramidAttentionBroadcastConfig().spatial_attention_block_identifiers
     ),
 }
-QUICK_CACHES = ["FirstBlockCache 0.1", "TaylorSeer interval 2", "MagCache 0.06", "FasterCache", "PAB 2"]
+QUICK_CACHES = [
+    "FirstBlockCache 0.1",
+    "TaylorSeer interval 2",
+    "whole step, interval 2",
+    "MagCache 0.06",
+    "FasterCache",
+    "PAB 2",
+]
 
 
 def condition(kind: str, per_class: int) -> dict:

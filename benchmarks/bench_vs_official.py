@@ -5,6 +5,8 @@
     python benchmarks/bench_vs_official.py --official_repo pixeldit-official                   # XL 256², fp32
     python benchmarks/bench_vs_official.py --official_repo pixeldit-official --preset B --resolution 64 \
         --dtypes fp32 bf16 --steps 100                                                          # bf16 accuracy
+    python benchmarks/bench_vs_official.py --official_repo pixeldit-official --variants eager \
+        --caches "whole step, interval 2" "whole step, interval 3"                             # caches at XL
 
 The official code is not part of this project (NVIDIA non-commercial licence); this script imports it from a
 checkout you provide, builds its class-conditional `PixDiT` for the preset with random weights, and gives the same
@@ -30,6 +32,11 @@ request also "fused qkv + compiled, frozen": the whole model compiled with induc
 static graph per batch size). Compilation happens before the timings, in forward calls and a short sampling call at
 both batch sizes, and is reported apart.
 
+`--caches`: our eager model samples again with each diffusers cache enabled (fp32 only); each row gives the sampling
+time, the throughput ratio to the official sampler, and the max |x − x_uncached| against our uncached samples (also
+relative to max |x_uncached|). "whole step" is `whole_step_cache_config` (TaylorSeer lite: both pathways skipped,
+the output projection extrapolated), FirstBlockCache skips the patch blocks only.
+
 The official sampler module imports Lightning, timm and torchvision for its training code only; where they are not
 installed, empty stand-in modules take their place (sampling uses none of them).
 """
@@ -46,6 +53,7 @@ from pathlib import Path
 
 import torch
 from bench_transformer import DTYPES, build_model, cpu_model
+from diffusers.hooks import FirstBlockCacheConfig
 from diffusers.utils import logging as diffusers_logging
 
 from diffusers_pixeldit import (
@@ -54,6 +62,7 @@ from diffusers_pixeldit import (
     diffusers_to_official_state_dict,
     load_official_checkpoint,
     transformer_from_official_state_dict,
+    whole_step_cache_config,
 )
 
 
@@ -64,6 +73,13 @@ VARIANTS = {
     "fused qkv + compiled, frozen": '`fuse_qkv_projections()` and `compile(dynamic=False, options={"freezing": True})`',
 }
 DEFAULT_VARIANTS = ["eager", "fused qkv + compiled", "bf16 storage, fp32 compute"]
+CACHES = {
+    "whole step, interval 2": lambda: whole_step_cache_config(cache_interval=2),
+    "whole step, interval 3": lambda: whole_step_cache_config(cache_interval=3),
+    "whole step, interval 3, order 2": lambda: whole_step_cache_config(cache_interval=3, max_order=2),
+    "FirstBlockCache 0.1": lambda: FirstBlockCacheConfig(threshold=0.1),
+    "FirstBlockCache 0.2": lambda: FirstBlockCacheConfig(threshold=0.2),
+}
 RECIPE = {"guidance_scale": 3.25, "shift": 1.0, "guidance_interval": (0.1, 1.0)}
 TRAINING_ONLY_IMPORTS = {
     "torchvision": {},
@@ -99,8 +115,8 @@ def load_official_code(repo: Path) -> types.SimpleNamespace:
     return types.SimpleNamespace(model_class=PixDiT, diffusion=diffusion)
 
 
-def build_models(official, preset: str, checkpoint: str | None):
-    """`(official_model, ours)` in fp32 eval mode, holding the same weights."""
+def build_models(official, preset: str, checkpoint: str | None, fan_in_init: bool = False):
+    """`(official_model, ours)` in fp32 eval mode, holding the same weights (see `--fan_in_init`)."""
     if checkpoint:
         state_dict, kind = load_official_checkpoint(checkpoint)
         if kind != "c2i":
@@ -110,6 +126,11 @@ def build_models(official, preset: str, checkpoint: str | None):
         ours = transformer_from_official_state_dict(state_dict)
     else:
         ours = build_model(preset, torch.device("cpu"), torch.float32)
+        if fan_in_init:
+            with torch.no_grad():
+                for param in ours.parameters():
+                    if param.ndim == 2:
+                        param.normal_(0.0, param.shape[1] ** -0.5)
         state_dict = diffusers_to_official_state_dict(ours.state_dict())
     config = ours.config
     official_model = official.model_class(
@@ -214,15 +235,27 @@ def main():
     parser.add_argument(
         "--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS), help="our set-ups to measure"
     )
+    parser.add_argument(
+        "--fan_in_init",
+        action="store_true",
+        help="random matrices N(0, 1/fan_in) instead of N(0, 0.02²): the velocity then depends on the image and the "
+        "time (with N(0, 0.02²) it is nearly constant in both, so that every cache looks exact)",
+    )
+    parser.add_argument(
+        "--caches", nargs="*", default=[], choices=list(CACHES), help="caches on our eager fp32 model (sampling)"
+    )
     args = parser.parse_args()
+    if args.caches and ("eager" not in args.variants or "fp32" not in args.dtypes):
+        parser.error("--caches runs on the eager fp32 model: keep 'eager' in --variants and 'fp32' in --dtypes.")
     diffusers_logging.set_verbosity_error()
 
     official = load_official_code(args.official_repo.resolve())
     torch.manual_seed(0)
-    official_model, ours = build_models(official, args.preset, args.checkpoint)
+    official_model, ours = build_models(official, args.preset, args.checkpoint, args.fan_in_init)
     size = args.resolution
     print(f"cpu ({cpu_model()}), {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"PixelDiT-{args.preset} {'(' + args.checkpoint + ')' if args.checkpoint else '(random weights)'}, {size}²")
+    weights = args.checkpoint or ("random weights, N(0, 1/fan_in)" if args.fan_in_init else "random weights")
+    print(f"PixelDiT-{args.preset} ({weights}), {size}²")
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(2, ours.config.in_channels, size, size, generator=generator)
@@ -231,7 +264,7 @@ def main():
     noise = torch.randn(args.batch_size, ours.config.in_channels, size, size, generator=generator)
     class_labels = torch.arange(args.batch_size) % ours.config.num_classes
 
-    rows, fp32_samples = [], {}
+    rows, cache_rows, fp32_samples = [], [], {}
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         variants = [v for v in args.variants if v != "bf16 storage, fp32 compute" or dtype == torch.bfloat16]
@@ -288,6 +321,8 @@ def main():
                 row += [f"{sampling_s[name]:.1f}", f"{sampling_s['official'] / sampling_s[name]:.2f}×"]
                 row += [f"{(samples[name] - samples['official']).abs().max().item():.1e}", error]
             rows.append("| " + " | ".join(row) + " |")
+        if dtype == torch.float32 and args.steps and args.caches:
+            cache_rows += cached_sampling_rows(models, samples, sampling_s, noise, class_labels, args)
         official_model.float()
 
     print(f"\n### PixelDiT-{args.preset}, {size}², forward at batch 2 (one CFG step)", end="")
@@ -298,6 +333,31 @@ def main():
     print("| " + " | ".join(header) + " |")
     print("|---|---|" + "---:|" * (len(header) - 2))
     print("\n".join(rows))
+    if cache_rows:
+        print(f"\n### Caches: PixelDiT-{args.preset}, {size}², fp32, {args.steps} steps at batch {args.batch_size}\n")
+        print("| set-up | sampling s | speed-up vs official | max abs diff vs uncached | relative |")
+        print("|---|---:|---:|---:|---:|")
+        print("\n".join(cache_rows))
+
+
+def cached_sampling_rows(models, samples, sampling_s, noise, class_labels, args) -> list[str]:
+    """Sampling with each of `args.caches` on the eager model: a table row each (see `--caches`)."""
+    model, uncached = models["eager"], samples["eager"]
+    rows = [f"| uncached | {sampling_s['eager']:.1f} | {sampling_s['official'] / sampling_s['eager']:.2f}× | 0 | 0 |"]
+    for name in args.caches:
+        model.enable_cache(CACHES[name]())
+        start = time.perf_counter()
+        with torch.inference_mode():
+            images = our_sample(our_pipeline(model), noise, class_labels, args.steps).float()
+        seconds = time.perf_counter() - start
+        model.disable_cache()
+        deviation = (images - uncached).abs().max().item()
+        print(f"fp32 eager, {name}: {args.steps}-step sampling {seconds:.1f} s", flush=True)
+        rows.append(
+            f"| {name} | {seconds:.1f} | {sampling_s['official'] / seconds:.2f}× | {deviation:.1e} "
+            f"| {deviation / uncached.abs().max().item():.1e} |"
+        )
+    return rows
 
 
 if __name__ == "__main__":

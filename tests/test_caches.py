@@ -23,6 +23,7 @@ from diffusers_pixeldit.caching import (
     mag_cache_config,
     num_model_evaluations,
     pyramid_attention_broadcast_config,
+    whole_step_cache_config,
 )
 from diffusers_pixeldit.digits import pretrained_digits_path
 
@@ -209,6 +210,43 @@ def test_the_cache_state_is_reset_between_calls(kind_pipeline, name):
     with cache(pipe, CACHES[name].skipping(pipe)):
         first, second = generate(pipe), generate(pipe)
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_whole_step_cache_skips_both_pathways_and_extrapolates_the_output_projection(kind):
+    """TaylorSeer's lite mode: at a cached step no block of either pathway computes, and the output projection (the
+    velocity of PixelDiT, the clean image of PixelDiT2) is the order-1 Taylor extrapolation of the last two computed
+    ones. Unguided, so that the batch never changes."""
+    pipe = make_pipeline(kind)
+    blocks = {"patch": pipe.transformer.transformer_blocks, "pixel": getattr(pipe.transformer, "pixel_blocks", [])}
+
+    def sample_counting(**kwargs):
+        rows, projections, hooks = {"patch": 0, "pixel": 0}, [], []
+        for group, group_blocks in blocks.items():
+            for block in group_blocks:
+
+                def count(module, args, output, group=group):
+                    rows[group] += args[0].shape[0]
+
+                hooks.append(block.ff.register_forward_hook(count))
+        hooks.append(pipe.transformer.proj_out.register_forward_hook(lambda m, a, output: projections.append(output)))
+        try:
+            return generate(pipe, guidance_scale=1.0, **kwargs), rows, projections
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    reference, reference_rows, _ = sample_counting()
+    with cache(pipe, whole_step_cache_config(disable_cache_before_step=1)):
+        images, rows, p = sample_counting()
+    # evaluations 0, 2, 4 computed; 1, 3, 5 predicted (1 from evaluation 0 alone, order 0)
+    assert rows == {group: count // 2 for group, count in reference_rows.items()}
+    assert rows["patch"] > 0 and (rows["pixel"] > 0) == (kind != "pixeldit2")
+    assert len(p) == NUM_STEPS and torch.equal(p[1], p[0])
+    torch.testing.assert_close(p[3], p[2] + (p[2] - p[0]) / 2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(p[5], p[4] + (p[4] - p[2]) / 2, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(images, reference)
+    assert torch.equal(sample_counting()[0], reference)
 
 
 def test_caches_see_the_current_timestep_as_a_decreasing_float(kind_pipeline):

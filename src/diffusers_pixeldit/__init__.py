@@ -9,6 +9,7 @@ from .caching import (
     faster_cache_config,
     mag_cache_config,
     pyramid_attention_broadcast_config,
+    whole_step_cache_config,
 )
 from .conversion import (
     diffusers_to_official_state_dict,
@@ -76,4 +77,5 @@ __all__ = [
     "pyramid_attention_broadcast_config",
     "release_dpm_solver_scheduler",
     "transformer_from_official_state_dict",
+    "whole_step_cache_config",
 ]

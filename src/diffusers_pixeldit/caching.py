@@ -6,6 +6,8 @@ the transformer inside `cache_context` and reset the cache state at each call (`
 PixelDiT-specific is gathered here:
 - `faster_cache_config` and `pyramid_attention_broadcast_config`: the configs with `pipe.current_timestep` wired in
   and, for FasterCache, the transformer inputs that carry the `[unconditional, conditional]` CFG batch;
+- `whole_step_cache_config`: TaylorSeer's lite mode with the settings measured here, the one cache that skips both
+  pathways (patch and pixel blocks), hence the one that can double the sampling throughput;
 - `calibrate_mag_ratios`: MagCache's `mag_ratios` for a model at a sampling recipe, as `MagCacheConfig(calibrate=True)`
   measures them; `save_mag_ratios` / `mag_cache_config` keep them beside the model (`mag_ratios.json` in the
   pipeline folder, as the two embedded digits models ship them).
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.hooks import FasterCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig
+from diffusers.hooks import FasterCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
 from .pipelines.denoising import scheduler_shift, set_flow_timesteps
 
@@ -76,6 +78,33 @@ def pyramid_attention_broadcast_config(pipe, **kwargs) -> PyramidAttentionBroadc
         "spatial_attention_block_identifiers": ("transformer_blocks",),
     }
     return PyramidAttentionBroadcastConfig(**{**defaults, **kwargs})
+
+
+def whole_step_cache_config(**kwargs) -> TaylorSeerCacheConfig:
+    """A `TaylorSeerCacheConfig` that skips whole transformer evaluations; `kwargs` override or add any of its fields.
+
+    TaylorSeer's lite mode (`use_lite_mode=True`) on a PixelDiT transformer: at a cached step every block of both
+    pathways (`transformer_blocks.*` and `pixel_blocks.*`, whose outputs are discarded) returns at once and the
+    output projection `proj_out` is predicted by a Taylor expansion, in the step index, of its outputs at the last
+    computed steps; only the embeddings and the output norm run (< 1 % of a forward). With order 1 the projection of a
+    cached step is `p_k + o·(p_k − p_j)/(k − j)`, extrapolated from the last two computed evaluations `j < k` (`o`
+    steps after `k`): the velocity itself for PixelDiT, the clean image for PixelDiT2 (whose velocity then follows from
+    the current noisy image). Defaults, measured on the digits models and PixelDiT-XL (`benchmarks/README.md`):
+    `cache_interval=2` (one evaluation in two computed), `max_order=1`, `disable_cache_before_step=3` (the first
+    three evaluations computed) and float32 Taylor factors (diffusers' default bfloat16 factors cost accuracy for no
+    speed on a model this size). The block caches (FirstBlockCache, MagCache, ...) skip the patch pathway only.
+
+    On PixelDiT2 the grounding projection and the pipeline's DINOv3 still run at every step. As with TaylorSeer in
+    general, the state restarts where the CFG interval changes the batch size (the step options count from there).
+    """
+    defaults = {
+        "cache_interval": 2,
+        "max_order": 1,
+        "disable_cache_before_step": 3,
+        "taylor_factors_dtype": torch.float32,
+        "use_lite_mode": True,
+    }
+    return TaylorSeerCacheConfig(**{**defaults, **kwargs})
 
 
 def _hidden_states_argument(args: tuple, kwargs: dict) -> torch.Tensor:
