@@ -99,6 +99,21 @@ def parse_args(input_args=None):
     return args
 
 
+def check_digits_metrics(resolution: int, class_ids: list[int]):
+    """Raises before any work when the digits metrics cannot judge these samples."""
+    import importlib.util
+
+    from diffusers_pixeldit.digits import DIGIT_NAMES, IMAGE_SIZE
+
+    if importlib.util.find_spec("sklearn") is None or importlib.util.find_spec("scipy") is None:
+        raise ImportError('--digits_metrics needs scikit-learn and SciPy: pip install "diffusers-pixeldit[digits]".')
+    if resolution != IMAGE_SIZE or max(class_ids) >= len(DIGIT_NAMES):
+        raise ValueError(
+            f"--digits_metrics judges {IMAGE_SIZE}x{IMAGE_SIZE} digits of classes 0-9 (the embedded digits models); "
+            f"these samples are {resolution}x{resolution} of classes up to {max(class_ids)}."
+        )
+
+
 def digits_metrics(images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     from diffusers_pixeldit.digits import DigitClassifier, digits_quality, load_digit_splits
 
@@ -128,8 +143,12 @@ def main(args):
         else list(range(pipe.transformer.config.num_classes))
     )
     resolution = args.resolution or pipe.transformer.config.sample_size
-    metrics = None
-    if args.reference_batch is not None or args.inception_score:
+    if args.reference_batch is not None:
+        evaluation.check_reference(args.reference_batch, resolution)
+    if args.digits_metrics:
+        check_digits_metrics(resolution, class_ids)
+    metrics = None  # built on the main process only, which computes them
+    if accelerator.is_main_process and (args.reference_batch is not None or args.inception_score):
         metrics = evaluation.GenerativeMetrics(
             args.feature_extractor,
             args.reference_batch,
@@ -164,6 +183,7 @@ def main(args):
         **sampling,
     }
     store = evaluation.ShardStore(os.path.join(args.output_dir, evaluation.SHARDS_FOLDER), ".npz")
+    output_npz = os.path.join(args.output_dir, f"samples_{len(labels)}x{resolution}x{resolution}x3.npz")
     png_dir = os.path.join(args.output_dir, "png")
     if accelerator.is_main_process:
         evaluation.check_manifest(args.output_dir, manifest)
@@ -171,7 +191,8 @@ def main(args):
         if args.save_png:
             os.makedirs(png_dir, exist_ok=True)
     accelerator.wait_for_everyone()
-    done = store.done()
+    # A finished run (its merged file written atomically) only computes the metrics again.
+    done = set(range(len(shards))) if os.path.exists(output_npz) else store.done()
     accelerator.wait_for_everyone()  # every process has seen the same finished shards
     pending = [index for index in range(len(shards)) if index not in done]
     mine = evaluation.assigned_shards(pending, accelerator.process_index, accelerator.num_processes)
@@ -186,7 +207,7 @@ def main(args):
 
     progress_bar = tqdm(
         total=len(labels),
-        initial=finished_samples(),
+        initial=sum(len(shards[index]) for index in done),
         unit="img",
         desc="Sampling (all processes)",
         disable=not accelerator.is_main_process,
@@ -218,9 +239,9 @@ def main(args):
     progress_bar.close()
 
     if accelerator.is_main_process:
-        output_npz = os.path.join(args.output_dir, f"samples_{len(labels)}x{resolution}x{resolution}x3.npz")
-        shape = evaluation.merge_shards(store, shards, labels, output_npz)
-        logger.info(f"Wrote {output_npz} ({shape}, classes in order).")
+        if not os.path.exists(output_npz):
+            shape = evaluation.merge_shards(store, shards, labels, output_npz)
+            logger.info(f"Wrote {output_npz} ({shape}, classes in order).")
         results = {"num_samples": len(labels), "samples": os.path.basename(output_npz)}
         if metrics is not None:
             start = time.perf_counter()

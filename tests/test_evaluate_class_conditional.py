@@ -108,6 +108,14 @@ def test_two_processes_and_a_killed_resumed_run_give_the_same_file(reference_run
     assert sorted(p.name for p in shards.iterdir()) == [f"shard-{j:06d}.npz" for j in range(NUM_SHARDS)]
     assert (tmp_path / "killed" / SAMPLES_NAME).read_bytes() == expected
     assert (tmp_path / "two" / SAMPLES_NAME).read_bytes() == expected
+    # Started again when finished (even with its shards deleted), it generates nothing.
+    for shard in shards.iterdir():
+        shard.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_in_process(evaluate_class_conditional, argv(tmp_path / "killed"))
+    assert f"in {NUM_SHARDS} shards: {NUM_SHARDS} done, 0 to generate" in caplog.text
+    assert not any(shards.iterdir()) and (tmp_path / "killed" / SAMPLES_NAME).read_bytes() == expected
     assert "on 2 processes" in log_tail(tmp_path / "two0.log")
 
 
@@ -169,7 +177,9 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
     small = write_reference_batch(tmp_path / "reference16.npz", size=16, count=4)
     with pytest.raises(ValueError, match="holds 16x16 images; the samples are 32x32"):
         run_in_process(evaluate_class_conditional, argv(tmp_path / "c", "--reference_batch", str(small)))
-    for name in "abc":
+    with pytest.raises(ValueError, match="--digits_metrics judges 32x32 digits"):
+        run_in_process(evaluate_class_conditional, argv(tmp_path / "e", "--digits_metrics", "--resolution", "16"))
+    for name in "abce":
         assert not (tmp_path / name).exists()
 
     # A folder holding another configuration's samples is not mixed with new ones.
