@@ -187,7 +187,7 @@ def main(args):
     png_dir = os.path.join(args.output_dir, "png")
     if accelerator.is_main_process:
         evaluation.check_manifest(args.output_dir, manifest)
-        evaluation.remove_unfinished_files(args.output_dir)
+        evaluation.remove_unfinished_files([args.output_dir, store.folder, png_dir])
         if args.save_png:
             os.makedirs(png_dir, exist_ok=True)
     accelerator.wait_for_everyone()

@@ -121,11 +121,13 @@ def main(args):
 
     if accelerator.is_main_process:
         evaluation.check_manifest(args.output_dir, manifest)
-        evaluation.remove_unfinished_files(args.output_dir)
-        for index, metadata in enumerate(prompts):
-            os.makedirs(os.path.join(args.output_dir, f"{index:05d}", "samples"), exist_ok=True)
-            path = os.path.join(args.output_dir, f"{index:05d}", "metadata.jsonl")
-            evaluation.write_text(path, json.dumps(metadata))
+        prompt_folders = [os.path.join(args.output_dir, f"{index:05d}") for index in range(len(prompts))]
+        evaluation.remove_unfinished_files(
+            [args.output_dir, store.folder, *prompt_folders, *(os.path.join(f, "samples") for f in prompt_folders)]
+        )
+        for folder, metadata in zip(prompt_folders, prompts):
+            os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
+            evaluation.write_text(os.path.join(folder, "metadata.jsonl"), json.dumps(metadata))
     accelerator.wait_for_everyone()
     done = store.done()
     accelerator.wait_for_everyone()  # every process has seen the same finished shards

@@ -20,8 +20,8 @@ from train_fixtures import (
     free_port,
     log_tail,
     run_in_process,
+    save_digits_dataset,
     transformer_weights,
-    write_imagefolder,
 )
 
 
@@ -86,11 +86,11 @@ def join(processes, logs):
 
 
 def test_fsdp_checkpoint_and_resume_match_one_process(tmp_path):
-    data = write_imagefolder(tmp_path / "digits", 32)
+    data = save_digits_dataset(tmp_path / "digits", 32)
 
     def argv(name, batch_size, *extra):
         return [
-            "--train_data_dir", str(data), "--output_dir", str(tmp_path / name), "--cache_dir", str(tmp_path / "cache"),
+            "--dataset_name", str(data), "--output_dir", str(tmp_path / name), "--cache_dir", str(tmp_path / "cache"),
             "--resolution", "16", "--transformer_config", TINY_TRANSFORMER, "--train_batch_size", str(batch_size),
             "--max_train_steps", str(STEPS), "--learning_rate", "2e-3", "--lr_warmup_steps", "0", "--seed", "7",
             "--report_to", "none", *extra,

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -98,11 +97,12 @@ def save_png(image: np.ndarray, path: str | os.PathLike):
     atomic_write(path, lambda tmp: PIL.Image.fromarray(image).save(tmp, format="PNG"))
 
 
-def remove_unfinished_files(folder: str | os.PathLike):
-    """Deletes the temporary files that killed runs left anywhere under `folder`."""
-    for stale in Path(folder).rglob(f"{TMP_PREFIX}*"):
-        logger.info(f"Removing the unfinished file {stale}.")
-        stale.unlink() if stale.is_file() else shutil.rmtree(stale)
+def remove_unfinished_files(folders: Iterable[str | os.PathLike]):
+    """Deletes the temporary files (`.tmp-*`) that killed runs left in `folders` (not in their sub-folders)."""
+    for folder in map(Path, folders):
+        for stale in folder.glob(f"{TMP_PREFIX}*") if folder.is_dir() else []:
+            logger.info(f"Removing the unfinished file {stale}.")
+            stale.unlink()
 
 
 def plan_shards(num_samples: int, batch_size: int) -> list[range]:
