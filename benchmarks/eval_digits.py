@@ -33,6 +33,7 @@ from diffusers_pixeldit import (
 from diffusers_pixeldit.digits import (
     DIGIT_NAMES,
     DigitClassifier,
+    digits_quality,
     frechet_distance,
     load_digit_splits,
     minilm_path,
@@ -119,8 +120,8 @@ def main(argv=None):
                     start = time.perf_counter()
                     images, labels = generate(pipe, kind, args.per_class, num_steps, interval, args.seed)
                     seconds = (time.perf_counter() - start) / len(images)
-                    accuracy = float((classifier.predict(images) == labels).mean())
-                    distance = frechet_distance(classifier.features(images), test_features)
+                    quality = digits_quality(classifier, images, labels, test_features)
+                    accuracy, distance = quality["accuracy"], quality["fd"]
                     speckle = float(speckle_counts(images).mean())
                     cfg = f"{config.default_guidance_scale} {interval_name} {list(interval)}"
                     rows.append(dict(model=kind, sampler=sampler, cfg=interval_name, interval=list(interval),

@@ -456,6 +456,8 @@ def main(args):
         power=args.lr_power,
     )
     *models, optimizer, lr_scheduler = accelerator.prepare(*models, optimizer, lr_scheduler)
+    # FSDP2 replaces the parameters by sharded ones: clip the prepared models' parameters
+    params_to_optimize = [p for model in models for p in model.parameters() if p.requires_grad]
     transformer, projector = models[0], models[-1] if repa is not None else None
     if accelerator.is_main_process:
         tracker_config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}

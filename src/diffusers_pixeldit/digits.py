@@ -110,6 +110,16 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * cov_sqrt))
 
 
+def digits_quality(
+    classifier: DigitClassifier, images: np.ndarray, labels: np.ndarray, real_features: np.ndarray
+) -> dict[str, float]:
+    """`{"accuracy": ..., "fd": ...}` of generated digits `images` (uint8 `(N, H, W)` or `(N, H, W, 1)`) of classes
+    `labels` `(N,)`: the fraction the classifier assigns to their class, and the Fréchet distance of its features to
+    `real_features` (`classifier.features` of real digits, e.g. the held-out ones)."""
+    accuracy = float((classifier.predict(images) == np.asarray(labels)).mean())
+    return {"accuracy": accuracy, "fd": frechet_distance(classifier.features(images), real_features)}
+
+
 def speckle_counts(images: np.ndarray, threshold: float = SPECKLE_THRESHOLD) -> np.ndarray:
     """Isolated speckle pixels per image: pixels `p` with `|p − median3×3(p)| > threshold` (grey levels in [0, 1]).
 
