@@ -222,12 +222,12 @@ class ImageEditingMixin(PixelDiTDenoisingMixin):
         pixels = self.pixel_processor.preprocess(
             image, height, width, resize_mode=resize_mode, crops_coords=crops_coords
         )
-        self._check_pixels("image", pixels, self.transformer.config.in_channels, num_conditions)
+        self._check_pixels("image", pixels, self.transformer.config.in_channels, num_conditions, "conditions")
         height, width = pixels.shape[-2:]
         mask = None
         if mask_image is not None:
             mask = self.mask_processor.preprocess(mask_image, height, width, resize_mode, crops_coords)
-            self._check_pixels("mask_image", mask, 1, pixels.shape[0])
+            self._check_pixels("mask_image", mask, 1, pixels.shape[0], "images")
             mask = per_sample(mask.expand(pixels.shape[0], *mask.shape[1:]), num_conditions, num_images_per_prompt)
             mask = mask.to(device, torch.float32)
         pixels = per_sample(pixels, num_conditions, num_images_per_prompt).to(device, torch.float32)
@@ -236,13 +236,11 @@ class ImageEditingMixin(PixelDiTDenoisingMixin):
         return ImageEdit(VaeImageProcessor.normalize(pixels), pixels, noise, strength, mask, overlay)
 
     @staticmethod
-    def _check_pixels(name: str, pixels: torch.Tensor, channels: int, batch_size: int):
+    def _check_pixels(name: str, pixels: torch.Tensor, channels: int, batch_size: int, of: str):
         if pixels.shape[1] != channels:
             raise ValueError(f"`{name}` has {pixels.shape[1]} channels, the model takes {channels}.")
         if pixels.shape[0] not in (1, batch_size):
-            raise ValueError(
-                f"{pixels.shape[0]} `{name}` images were given for {batch_size} (give 1 or {batch_size})."
-            )
+            raise ValueError(f"{pixels.shape[0]} `{name}` given for {batch_size} {of}: give 1 or {batch_size}.")
         if pixels.min() < 0 or pixels.max() > 1:
             raise ValueError(
                 f"`{name}` values must be in [0, 1], got [{pixels.min().item():.3g}, {pixels.max().item():.3g}]."
