@@ -1,5 +1,9 @@
 """Image-to-image and inpainting pipelines: the strength start step, the exact known region, inputs and errors."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -322,3 +326,37 @@ def test_bad_inputs_get_one_clear_error_before_any_model_call():
     pipe.scheduler.register_to_config(use_flow_sigmas=False)
     with pytest.raises(ValueError, match="cannot noise an image on the flow"):
         pipe(**call)
+
+
+# ---------------------------------------------------------------- the embedded digits model
+
+
+def test_digits_model_inpaints_and_translates_held_out_digits():
+    """Cheap versions of benchmarks/eval_editing_digits.py (one held-out digit per class, 10 steps)."""
+    from diffusers_pixeldit.digits import DigitClassifier, load_digit_splits, pretrained_digits_path
+
+    inpaint = PixelDiTInpaintPipeline.from_pretrained(pretrained_digits_path("c2i"))
+    img2img = PixelDiTImg2ImgPipeline.from_pretrained(pretrained_digits_path("c2i"), transformer=inpaint.transformer)
+    for pipe in (inpaint, img2img):
+        pipe.set_progress_bar_config(disable=True)
+    images, labels = load_digit_splits()["test"]
+    index = [int(np.flatnonzero(labels == label)[0]) for label in range(10)]
+    originals, labels = images[index], labels[index]
+    image = torch.from_numpy(originals).float().div(255).unsqueeze(1)
+    classifier, targets = DigitClassifier(), (labels + 3) % 10
+    arguments = dict(image=image, num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    own = inpaint(labels.tolist(), mask_image=lower_half_mask(inpaint), **arguments).images
+    assert all(np.array_equal(np.asarray(result)[:16], original[:16]) for result, original in zip(own, originals))
+    assert (classifier.predict(np.stack([np.asarray(result) for result in own])) == labels).mean() >= 0.9
+    translated = img2img(targets.tolist(), strength=0.6, output_type="np", **arguments).images[..., 0]
+    assert (classifier.predict(translated) == targets).mean() >= 0.8
+
+
+def test_demo_inpaint_mode_writes_originals_masks_and_results_without_warnings(tmp_path):
+    demo = Path(__file__).parents[1] / "scripts" / "demo_digits.py"
+    command = [sys.executable, str(demo), "--inpaint", "--output_dir", str(tmp_path), "--num_inference_steps", "2"]
+    result = subprocess.run([*command, "--threads", "1"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "largest change in the kept upper halves: 0.0" in result.stdout
+    picture = PIL.Image.open(tmp_path / "digits_editing.png")
+    assert picture.size[1] == 5 * (32 * 3 + 2)  # originals, masks, two inpaintings, image-to-image
