@@ -148,7 +148,7 @@ class ImageEdit:
 
 class ImageEditingMixin(PixelDiTDenoisingMixin):
     """Image-to-image and inpainting calls for a PixelDiT pipeline: a pipeline class inherits this mixin before
-    its generation pipeline, whose conditioning it reuses (see `edit`)."""
+    its generation pipeline, whose conditioning it reuses (see `_edit`)."""
 
     @property
     def pixel_processor(self) -> VaeImageProcessor:
@@ -246,7 +246,7 @@ class ImageEditingMixin(PixelDiTDenoisingMixin):
                 f"`{name}` values must be in [0, 1], got [{pixels.min().item():.3g}, {pixels.max().item():.3g}]."
             )
 
-    def edit(
+    def _edit(
         self,
         conditioning: Callable[[torch.device], tuple[dict[str, Any], ModelInputs]],
         num_conditions: int,
@@ -285,9 +285,9 @@ class ImageEditingMixin(PixelDiTDenoisingMixin):
             *edit.image.shape[-2:], num_inference_steps, guidance_interval, callback_on_step_end_tensor_inputs
         )
         self._start_call(guidance_scale, attention_kwargs)
-        state, model_inputs = conditioning(device)
         latents = edit.image
-        if strength > 0:
+        if strength > 0:  # strength 0 keeps the image: nothing to encode or sample
+            state, model_inputs = conditioning(device)
             latents = self.denoise(
                 state, model_inputs, device, num_inference_steps, guidance_interval, sigmas, shift,
                 callback_on_step_end, callback_on_step_end_tensor_inputs, edit=edit,
@@ -350,7 +350,7 @@ class ClassConditionalEditingMixin(ImageEditingMixin, ClassConditionalMixin):
         def conditioning(device):
             return {}, self._class_conditioning(class_ids, num_images_per_prompt, device)[1]
 
-        return self.edit(conditioning, len(class_ids), num_images_per_prompt=num_images_per_prompt, **edit_arguments)
+        return self._edit(conditioning, len(class_ids), num_images_per_prompt=num_images_per_prompt, **edit_arguments)
 
 
 class ClassConditionalImg2ImgMixin(ClassConditionalEditingMixin):

@@ -58,7 +58,7 @@ class PixelDiTT2IEditingMixin(ImageEditingMixin):
                 complex_human_instruction,
             )  # fmt: skip
 
-        return self.edit(conditioning, num_prompts, num_images_per_prompt=num_images_per_prompt, **edit_arguments)
+        return self._edit(conditioning, num_prompts, num_images_per_prompt=num_images_per_prompt, **edit_arguments)
 
 
 class PixelDiTT2IImg2ImgPipeline(PixelDiTT2IEditingMixin, PixelDiTT2IPipeline):
