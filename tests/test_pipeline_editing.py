@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, UniPCMultistepScheduler
 from pixeldit_testing import tiny_dinov3, tiny_model, tiny_pixeldit2, tiny_text_components
 
 from diffusers_pixeldit import (
@@ -37,6 +37,7 @@ SCHEDULERS = {
     "ab2": lambda: PixelDiTFlowScheduler(shift=2.0),
     "heun": lambda: PixelDiTFlowScheduler(solver="heun", time_grid="uniform"),
     "euler": lambda: FlowMatchEulerDiscreteScheduler(shift=2.0),
+    "diffusers_heun": lambda: FlowMatchHeunDiscreteScheduler(shift=2.0),
     "dpm": lambda: release_dpm_solver_scheduler(2.0),
     "unipc": lambda: UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=2.0, prediction_type="flow_prediction"),
 }
@@ -204,8 +205,9 @@ def test_image_to_image_changes_the_image_less_at_lower_strength():
 
 @pytest.mark.parametrize(
     "kind, scheduler",
-    [("c2i", "ab2"), ("c2i", "euler"), ("t2i", "dpm"), ("t2i", "unipc"), ("pixeldit2", "heun")],
-)
+    [("c2i", "ab2"), ("c2i", "euler"), ("c2i", "diffusers_heun"), ("t2i", "dpm"), ("t2i", "unipc"),
+     ("pixeldit2", "heun")],
+)  # fmt: skip
 @pytest.mark.parametrize("strength", [1.0, 0.6])
 def test_inpainting_keeps_the_input_exactly_outside_a_binary_mask(kind, scheduler, strength):
     pipe = editing_pipeline(kind, True, SCHEDULERS[scheduler]())
