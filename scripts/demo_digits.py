@@ -1,6 +1,7 @@
 """Generates handwritten digits with the embedded class-conditional PixelDiT, on the CPU, in seconds.
 
     python scripts/demo_digits.py                      # outputs/digits_grid.png and outputs/digits_sampling.gif
+    python scripts/demo_digits.py --inpaint            # outputs/digits_editing.png (needs scikit-learn)
 
 Loads `diffusers_pixeldit.digits.pretrained_digits_path("c2i")` with `PixelDiTPipeline.from_pretrained` (or any
 other class-conditional pipeline folder given with --model) and samples 3 digits per class with the model card's
@@ -9,6 +10,12 @@ lower Fréchet distance and fewer speckles, see benchmarks/README.md, "First com
 class, and a GIF of the sampling process from noise to digits. It ends with a benchmark line: the seconds of each
 phase (imports, loading, sampling, writing) and in all, the GIF's size, and the speckle pixels per digit
 (`diffusers_pixeldit.digits.speckle_counts`; real digits have none).
+
+`--inpaint` edits one held-out real digit per class instead (`diffusers_pixeldit.digits.load_digit_splits`, which
+needs scikit-learn: `pip install diffusers-pixeldit[digits]`) with `PixelDiTInpaintPipeline` and
+`PixelDiTImg2ImgPipeline`, and writes a picture with a row each: the originals, the mask (grey over them: the lower
+half is repainted), the lower half inpainted with the digit's own class, inpainted with the next class (digit + 1,
+mod 10), and image-to-image at strength 0.6 to that class. The inpainted rows keep the upper halves exactly.
 """
 
 # ruff: noqa: E402  (the imports come after the start of the clock)
@@ -33,7 +40,7 @@ from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image, ImageDraw
 
-from diffusers_pixeldit import PixelDiTPipeline
+from diffusers_pixeldit import PixelDiTImg2ImgPipeline, PixelDiTInpaintPipeline, PixelDiTPipeline
 from diffusers_pixeldit.digits import pretrained_digits_path, speckle_counts
 
 
@@ -77,10 +84,13 @@ def main(argv=None):
     parser.add_argument("--num_inference_steps", type=int, default=10, help="0: the model card's.")
     parser.add_argument("--threads", type=int, default=0, help="Torch threads; 0: the idle cores.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inpaint", action="store_true", help="Edit held-out digits instead (see above).")
     args = parser.parse_args(argv)
     threads = args.threads or idle_threads()
     torch.set_num_threads(threads)
     seconds = {"imports": time.perf_counter() - START}
+    if args.inpaint:
+        return editing_demo(args, threads, seconds)
 
     start = time.perf_counter()
     diffusers_logging.disable_progress_bar()
@@ -131,6 +141,57 @@ def main(argv=None):
         f"benchmark: {phases}; total {total:.1f} s ({threads} torch thread{'s' if threads > 1 else ''}); "
         f"GIF {gif_path.stat().st_size / 2**20:.2f} MiB; {speckles:.2f} speckle pixels per digit"
     )
+
+
+def editing_demo(args, threads: int, seconds: dict):
+    """The `--inpaint` mode: originals, masks, inpainting (own class, next class) and image-to-image."""
+    from diffusers_pixeldit.digits import load_digit_splits
+
+    start = time.perf_counter()
+    diffusers_logging.disable_progress_bar()
+    low_cpu_mem_usage = is_accelerate_available()
+    inpaint = PixelDiTInpaintPipeline.from_pretrained(args.model, low_cpu_mem_usage=low_cpu_mem_usage)
+    img2img = PixelDiTImg2ImgPipeline.from_pretrained(
+        args.model, transformer=inpaint.transformer, low_cpu_mem_usage=low_cpu_mem_usage
+    )
+    for pipe in (inpaint, img2img):
+        pipe.set_progress_bar_config(disable=True)
+    test_images, test_labels = load_digit_splits()["test"]
+    first_of_each = [int(np.flatnonzero(test_labels == label)[0]) for label in range(10)]
+    originals = torch.from_numpy(test_images[first_of_each]).float().div(255).unsqueeze(1)  # (10, 1, 32, 32)
+    mask = torch.zeros(1, 1, *originals.shape[-2:])
+    mask[..., originals.shape[-2] // 2 :, :] = 1
+    seconds["loading"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    own, following = list(range(10)), [(label + 1) % 10 for label in range(10)]
+    steps = {"num_inference_steps": args.num_inference_steps or None, "output_type": "np"}
+
+    def generator():
+        return torch.Generator().manual_seed(args.seed)
+
+    rows = {
+        "original": originals.permute(0, 2, 3, 1).numpy(),
+        "mask (grey)": torch.where(mask == 1, 0.5, originals).permute(0, 2, 3, 1).numpy(),
+        "same class": inpaint(own, image=originals, mask_image=mask, generator=generator(), **steps).images,
+        "digit + 1": inpaint(following, image=originals, mask_image=mask, generator=generator(), **steps).images,
+        "img2img +1": img2img(following, image=originals, strength=0.6, generator=generator(), **steps).images,
+    }
+    seconds["editing"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    path = args.output_dir / "digits_editing.png"
+    labelled_grid(np.concatenate(list(rows.values())), list(rows), 10, scale=3).save(path)
+    seconds["writing"] = time.perf_counter() - start
+    upper = originals.shape[-2] // 2
+    kept = max(
+        np.abs(rows[name][:, :upper] - rows["original"][:, :upper]).max() for name in ("same class", "digit + 1")
+    )
+    phases = ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items())
+    print(f"editing: {path.resolve()} (rows: {', '.join(rows)})")
+    print(f"largest change in the kept upper halves: {kept}")
+    print(f"benchmark: {phases}; total {time.perf_counter() - START:.1f} s ({threads} torch threads)")
 
 
 if __name__ == "__main__":

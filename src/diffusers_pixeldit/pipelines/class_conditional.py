@@ -106,6 +106,16 @@ class ClassConditionalMixin(PixelDiTDenoisingMixin):
         `(B,)` and, for guided steps, `(2B,)`: the null class, then the ids."""
         raise NotImplementedError
 
+    def _class_conditioning(
+        self, class_ids: list[int], num_images_per_prompt: int, device: torch.device
+    ) -> tuple[torch.Tensor, ModelInputs]:
+        """The class ids `(B,)` of the batch, `num_images_per_prompt` per id, and the loop's `model_inputs`."""
+        class_labels = torch.tensor(class_ids, device=device).repeat_interleave(num_images_per_prompt)
+        guided_class_labels = torch.cat(
+            [torch.full_like(class_labels, self.transformer.config.num_classes), class_labels]
+        )
+        return class_labels, self._model_inputs(class_labels, guided_class_labels)
+
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     @document_sampling_arguments
@@ -148,14 +158,11 @@ class ClassConditionalMixin(PixelDiTDenoisingMixin):
         self._start_call(guidance_scale, attention_kwargs)
         device = self._execution_device
 
-        class_labels = torch.tensor(class_ids, device=device).repeat_interleave(num_images_per_prompt)
-        guided_class_labels = torch.cat(
-            [torch.full_like(class_labels, self.transformer.config.num_classes), class_labels]
-        )
+        class_labels, model_inputs = self._class_conditioning(class_ids, num_images_per_prompt, device)
         noise_scale = getattr(self.transformer.config, "noise_scale", 1.0)
         latents = self.prepare_latents(class_labels.shape[0], height, width, device, generator, latents, noise_scale)
         latents = self.denoise(
-            {"latents": latents}, self._model_inputs(class_labels, guided_class_labels), device, num_inference_steps,
-            guidance_interval, sigmas, shift, callback_on_step_end, callback_on_step_end_tensor_inputs,
+            {"latents": latents}, model_inputs, device, num_inference_steps, guidance_interval, sigmas, shift,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         return self.postprocess(latents, output_type, return_dict)

@@ -12,7 +12,7 @@ how its condition is encoded (class labels, prompts, grounding) and how the two 
 import contextlib
 import inspect
 import textwrap
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -29,6 +29,10 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
+
+
+if TYPE_CHECKING:
+    from .editing import ImageEdit
 
 
 logger = logging.get_logger(__name__)
@@ -134,6 +138,12 @@ def set_flow_timesteps(
         # (a search whose answer the host reads: a device synchronisation at the first step).
         scheduler.set_begin_index(0)
     return scheduler.timesteps, scheduler.sigmas
+
+
+def strength_start_step(num_inference_steps: int, strength: float) -> int:
+    """The grid step image-to-image and inpainting start from, as diffusers' `get_timesteps`: the last
+    `strength · num_inference_steps` steps run (rounded up, so that any `strength > 0` keeps a step)."""
+    return int(max(num_inference_steps - min(num_inference_steps * strength, num_inference_steps), 0))
 
 
 @contextlib.contextmanager
@@ -270,6 +280,16 @@ class PixelDiTDenoisingMixin:
             raise ValueError(f"Callback tensor inputs {unknown} are not in {self._callback_tensor_inputs}.")
         return height, width, num_inference_steps, check_guidance_interval(guidance_interval)
 
+    def get_timesteps(self, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
+        """diffusers' `get_timesteps`: the timesteps of the scheduler's grid from `strength_start_step` on, and the
+        number of steps they make; the scheduler's begin index is set there (each step being `scheduler.order`
+        entries of `timesteps`)."""
+        start_step = strength_start_step(num_inference_steps, strength)
+        start = start_step * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        return self.scheduler.timesteps[start:], num_inference_steps - start_step
+
     def prepare_latents(
         self, batch_size, height, width, device, generator, latents=None, noise_scale: float = 1.0
     ) -> torch.Tensor:
@@ -296,6 +316,7 @@ class PixelDiTDenoisingMixin:
         shift: float | None = None,
         callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        edit: "ImageEdit | None" = None,
     ) -> torch.Tensor:
         """Integrates the flow from `state["latents"]` (σ = 1) to the image; returns the final latents.
 
@@ -309,6 +330,9 @@ class PixelDiTDenoisingMixin:
             guidance_interval (`tuple[float, float]`): CFG applies where `low < 1 − σ < high` (see
                 `in_guidance_interval`); elsewhere only the conditional branch is computed (except under a cache
                 that needs the CFG batch at every step, see `_start_cache`).
+            edit (`ImageEdit`, *optional*): image-to-image and inpainting: the loop runs the last `edit.strength` of
+                the grid (`get_timesteps`), from `edit.initial_latents` (replacing `state["latents"]`), and after
+                each step `edit.keep_known_region` restores the region an inpainting mask keeps.
 
         Each transformer call runs in `transformer.cache_context` ("cond_uncond" for the CFG batch, "cond" for the
         conditional branch alone), as diffusers' pipelines do, for the caches of `transformer.enable_cache`.
@@ -317,8 +341,12 @@ class PixelDiTDenoisingMixin:
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         with scheduler_shift(self.scheduler, shift) as scheduler:
             timesteps, step_sigmas = set_flow_timesteps(scheduler, num_inference_steps, device, sigmas)
+            if edit is not None:
+                timesteps, num_inference_steps = self.get_timesteps(scheduler.num_inference_steps, edit.strength)
+                state["latents"] = edit.initial_latents(scheduler, timesteps[:1])
+            begin = len(scheduler.timesteps) - len(timesteps)
             # Decided once per call, on the host, before the loop: the loop itself never waits for the device.
-            step_sigmas = step_sigmas[: len(timesteps)].cpu()
+            step_sigmas = step_sigmas[begin : begin + len(timesteps)].cpu()
             host_timesteps = timesteps.tolist()
             guided_steps = [
                 self.do_classifier_free_guidance
@@ -361,6 +389,10 @@ class PixelDiTDenoisingMixin:
                             else velocity_cond
                         )
                     state["latents"] = scheduler.step(velocity, t, latents, return_dict=False)[0]
+                    if edit is not None:  # the next step's timestep; none after the last one
+                        state["latents"] = edit.keep_known_region(
+                            scheduler, state["latents"], timesteps[i + 1 : i + 2]
+                        )
 
                     if callback_on_step_end is not None:
                         callback_kwargs = {k: state[k] for k in callback_on_step_end_tensor_inputs}

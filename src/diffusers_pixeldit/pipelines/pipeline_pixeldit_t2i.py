@@ -11,7 +11,13 @@ from diffusers.utils import replace_example_docstring
 
 from ..models import PixelDiTTransformer2DModel
 from ..models.transformer_pixeldit import RELEASE_MAX_TEXT_LENGTH
-from .denoising import PixelDiTDenoisingMixin, StepEndCallback, check_guidance_interval, document_sampling_arguments
+from .denoising import (
+    ModelInputs,
+    PixelDiTDenoisingMixin,
+    StepEndCallback,
+    check_guidance_interval,
+    document_sampling_arguments,
+)
 
 
 EXAMPLE_DOC_STRING = """
@@ -217,6 +223,46 @@ class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin):
                     "`prompt_attention_mask` and `negative_prompt_attention_mask` must have the same shape."
                 )
 
+    def _prompt_conditioning(
+        self,
+        prompt,
+        negative_prompt,
+        num_images_per_prompt,
+        device,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        max_sequence_length,
+        complex_human_instruction,
+    ) -> tuple[dict[str, torch.Tensor], ModelInputs]:
+        """The loop's state (the prompt embeddings, `num_images_per_prompt` per prompt, without latents) and its
+        `model_inputs`, from `encode_prompt`."""
+        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
+            self.encode_prompt(
+                prompt,
+                self.do_classifier_free_guidance,
+                negative_prompt=negative_prompt,
+                num_images_per_prompt=num_images_per_prompt,
+                device=device,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                prompt_attention_mask=prompt_attention_mask,
+                negative_prompt_attention_mask=negative_prompt_attention_mask,
+                max_sequence_length=max_sequence_length,
+                complex_human_instruction=complex_human_instruction,
+            )
+        )
+        model_dtype = self.transformer.dtype
+
+        def model_inputs(state, guided):
+            embeds = state["prompt_embeds"]
+            if guided:
+                embeds = torch.cat([state["negative_prompt_embeds"], embeds])
+            return {"encoder_hidden_states": embeds.to(model_dtype)}
+
+        return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}, model_inputs
+
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     @document_sampling_arguments
@@ -275,31 +321,13 @@ class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin):
         self._start_call(guidance_scale, attention_kwargs)
         device = self._execution_device
 
-        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
-            self.encode_prompt(
-                prompt,
-                self.do_classifier_free_guidance,
-                negative_prompt=negative_prompt,
-                num_images_per_prompt=num_images_per_prompt,
-                device=device,
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds,
-                prompt_attention_mask=prompt_attention_mask,
-                negative_prompt_attention_mask=negative_prompt_attention_mask,
-                max_sequence_length=max_sequence_length,
-                complex_human_instruction=complex_human_instruction,
-            )
+        state, model_inputs = self._prompt_conditioning(
+            prompt, negative_prompt, num_images_per_prompt, device, prompt_embeds, prompt_attention_mask,
+            negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length, complex_human_instruction,
+        )  # fmt: skip
+        state["latents"] = self.prepare_latents(
+            state["prompt_embeds"].shape[0], height, width, device, generator, latents
         )
-        latents = self.prepare_latents(prompt_embeds.shape[0], height, width, device, generator, latents)
-        model_dtype = self.transformer.dtype
-
-        def model_inputs(state, guided):
-            embeds = state["prompt_embeds"]
-            if guided:
-                embeds = torch.cat([state["negative_prompt_embeds"], embeds])
-            return {"encoder_hidden_states": embeds.to(model_dtype)}
-
-        state = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
         latents = self.denoise(
             state, model_inputs, device, num_inference_steps, guidance_interval, sigmas, shift,
             callback_on_step_end, callback_on_step_end_tensor_inputs,

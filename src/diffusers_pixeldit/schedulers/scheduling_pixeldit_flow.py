@@ -143,6 +143,29 @@ class PixelDiTFlowScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"Timestep {timestep} is not on the grid {self.timesteps.tolist()}.")
         return indices[0].item()
 
+    def scale_noise(self, sample: torch.Tensor, timestep: float | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The flow's forward process `σ · noise + (1 − σ) · sample` at the σ of `timestep`, as diffusers'
+        `FlowMatchEulerDiscreteScheduler.scale_noise`: before the first step the σ of the begin index (img2img's
+        starting point), after a step the σ of the current index (an inpainting pipeline's known region), and
+        without a begin index the σ of `timestep` on the grid.
+
+        Args:
+            sample (`torch.Tensor` of shape `(B, C, H, W)`): the clean images.
+            timestep (`float` or `torch.Tensor`): an entry of `timesteps` (only looked up without a begin index).
+            noise (`torch.Tensor` of shape `(B, C, H, W)`): the noise.
+        """
+        if self.timesteps is None:
+            raise ValueError("Call `set_timesteps` before `scale_noise`.")
+        if self._step_index is not None:
+            index = self._step_index
+        elif self._begin_index is not None:
+            index = self._begin_index
+        else:
+            index = self.index_for_timestep(torch.as_tensor(timestep).flatten()[0])
+        # the σ of the grid, held in float64 on the CPU: cast on the CPU, then moved (no read back from a device)
+        sigma = self.sigmas[index].to(sample.dtype).to(sample.device)
+        return sigma * noise + (1.0 - sigma) * sample
+
     def step(
         self,
         model_output: torch.Tensor,
