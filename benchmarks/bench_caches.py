@@ -4,12 +4,12 @@
     python benchmarks/bench_caches.py                    # both models, 10 digits per class, every cache below
     python benchmarks/bench_caches.py --pixel_pathway    # where the forward time goes, and what reusing each pathway costs
 
-Each configuration samples the model's shipped recipe (steps, sampler, CFG scale and interval) for `--per_class`
-digits per class (same seeds everywhere) with one cache enabled (`pipe.transformer.enable_cache`; "whole step" is
-`whole_step_cache_config`, TaylorSeer's lite mode, which skips both pathways) and reports: the wall time of the call,
-the work done in the patch and pixel blocks (rows through their attention outputs and feed-forwards, against the
-uncached call), the accuracy and Fréchet distance of `DigitClassifier` (as `eval_digits.py`), and the largest pixel
-deviation (in [0, 1]) from the uncached images. MagCache uses the ratios
+Each configuration samples the model's shipped recipe (steps or `--steps`, sampler, CFG scale and interval) for
+`--per_class` digits per class (same seeds everywhere) with one cache enabled (`pipe.transformer.enable_cache`;
+"whole step" is `whole_step_cache_config`, TaylorSeer's lite mode, which skips both pathways) and reports: the wall
+time of the call, the work done in the patch and pixel blocks (rows through their attention outputs and
+feed-forwards, against the uncached call), the accuracy and Fréchet distance of `DigitClassifier` (as
+`eval_digits.py`), and the largest pixel deviation (in [0, 1]) from the uncached images. MagCache uses the ratios
 shipped beside each model (`mag_ratios.json`).
 
 `--pixel_pathway` times the patch and pixel blocks over an uncached call, then, along the uncached trajectory,
@@ -90,12 +90,14 @@ def count_work(transformer) -> tuple[dict, list]:
     return rows, hooks
 
 
-def sample(pipe, kind: str, per_class: int, seed: int) -> tuple[np.ndarray, float, dict]:
-    """(images (N, H, W) in [0, 1], seconds, rows computed per pathway) of one call at the shipped recipe."""
+def sample(pipe, kind: str, per_class: int, seed: int, num_steps: int | None = None) -> tuple[np.ndarray, float, dict]:
+    """(images (N, H, W) in [0, 1], seconds, rows computed per pathway) of one call at the shipped recipe (or at
+    `num_steps` steps)."""
     rows, hooks = count_work(pipe.transformer)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(10 * per_class)]
     start = time.perf_counter()
-    images = pipe(**condition(kind, per_class), generator=generators, output_type="np").images
+    steps = {"num_inference_steps": num_steps} if num_steps else {}
+    images = pipe(**condition(kind, per_class), **steps, generator=generators, output_type="np").images
     seconds = time.perf_counter() - start
     for hook in hooks:
         hook.remove()
@@ -112,11 +114,11 @@ def bench(args):
         pipe, folder = load_pipeline(kind), pretrained_folder(kind)
         pipe.set_progress_bar_config(disable=True)
         sample(pipe, kind, 1, args.seed)  # warm-up
-        reference, seconds, reference_rows = sample(pipe, kind, args.per_class, args.seed)
+        reference, seconds, reference_rows = sample(pipe, kind, args.per_class, args.seed, args.steps)
         for name in ["none", *args.caches]:
             if name != "none":
                 pipe.transformer.enable_cache(CACHES[name](pipe, folder))
-                images, seconds, rows = sample(pipe, kind, args.per_class, args.seed)
+                images, seconds, rows = sample(pipe, kind, args.per_class, args.seed, args.steps)
                 pipe.transformer.disable_cache()
             else:
                 images, rows = reference, reference_rows
@@ -232,6 +234,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["c2i", "t2i"], choices=["c2i", "t2i"])
     parser.add_argument("--caches", nargs="+", choices=list(CACHES), help="Default: all (--quick: a few).")
     parser.add_argument("--per_class", type=int, default=10, help="Generated digits per class.")
+    parser.add_argument("--steps", type=int, help="Sampling steps (default: the shipped recipe's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="c2i, 2 digits per class (and a few caches by default).")
