@@ -30,6 +30,7 @@ from .models import (
 from .pipelines import (
     PIXELDIT_COMPLEX_HUMAN_INSTRUCTION,
     PixelDiT2Pipeline,
+    PixelDiTLoraLoaderMixin,
     PixelDiTPipeline,
     PixelDiTT2IPipeline,
     imagenet_id2label,
@@ -59,6 +60,7 @@ __all__ = [
     "PixelDiTAttention",
     "PixelDiTAttnProcessor",
     "PixelDiTFlowScheduler",
+    "PixelDiTLoraLoaderMixin",
     "PixelDiTPipeline",
     "PixelDiTT2IPipeline",
     "PixelDiTTransformer2DModel",

@@ -12,6 +12,7 @@ from diffusers.utils import replace_example_docstring
 from ..models import PixelDiTTransformer2DModel
 from ..models.transformer_pixeldit import RELEASE_MAX_TEXT_LENGTH
 from .denoising import PixelDiTDenoisingMixin, StepEndCallback, check_guidance_interval, document_sampling_arguments
+from .lora import PixelDiTLoraLoaderMixin
 
 
 EXAMPLE_DOC_STRING = """
@@ -53,7 +54,7 @@ def clean_prompt(prompt: str) -> str:
     return prompt.strip()
 
 
-class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin):
+class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin, PixelDiTLoraLoaderMixin):
     r"""
     Text-to-image generation with PixelDiT, directly in pixel space.
 
