@@ -11,15 +11,17 @@ import pytest
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from pixeldit_testing import tiny_dinov3, tiny_model, tiny_pixeldit2, tiny_text_components
+from pixeldit_testing import TINY_C2I, TINY_PIXELDIT2, tiny_dinov3, tiny_model, tiny_pixeldit2, tiny_text_components
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from diffusers_pixeldit import (
     PixelDiT2Pipeline,
+    PixelDiT2Transformer2DModel,
     PixelDiTFlowScheduler,
     PixelDiTPipeline,
     PixelDiTT2IPipeline,
+    PixelDiTTransformer2DModel,
 )
 
 
@@ -71,6 +73,24 @@ def save_lora(pipe, folder, seed: int, **kwargs) -> str:
 
 def lora_parameters(transformer) -> list[str]:
     return [name for name, _ in transformer.named_parameters() if ".lora_" in name]
+
+
+@pytest.mark.parametrize(
+    "model_class, config", [(PixelDiTTransformer2DModel, TINY_C2I), (PixelDiT2Transformer2DModel, TINY_PIXELDIT2)]
+)
+def test_an_adapter_changes_a_freshly_built_model(model_class, config):
+    # (with the official zero AdaLN/output initialisation at construction, no adapter could change the output)
+    torch.manual_seed(0)
+    model = model_class(**config).eval()
+    inputs = dict(hidden_states=torch.randn(2, 3, 16, 16), timestep=torch.tensor([300.0, 700.0]))
+    inputs["class_labels"] = torch.tensor([0, 1])
+    if model_class is PixelDiT2Transformer2DModel:
+        inputs["hidden_states"] = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        base = model(**inputs).sample
+        state_dict, config = random_lora(model, seed=1)
+        model.load_lora_adapter(state_dict, prefix=None, metadata=config)
+        assert (model(**inputs).sample - base).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", KINDS)
