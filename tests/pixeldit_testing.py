@@ -46,7 +46,7 @@ TINY_T2I = dict(
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Gives every parameter (the zero-initialised AdaLN/output layers included) non-trivial random values."""
+    """Gives every parameter non-trivial random values of a trained-like spread (AdaLN layers smaller, norms near 1)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -164,6 +164,21 @@ def test_encode_prompt_works_in_isolation():
         no_text("a cat")
 
 
+def test_the_optional_text_components_stay_none_through_save_and_load(tmp_path):
+    pipe = tiny_pipeline()
+    embeds, _, negative, _ = pipe.encode_prompt(["a cat", "a red dog"], max_sequence_length=12)
+    call = dict(**embeds_call(embeds, negative), generator=torch.Generator().manual_seed(0), output_type="latent")
+    expected = pipe(**call).images
+    PixelDiTT2IPipeline(None, None, pipe.transformer, pipe.scheduler, default_num_inference_steps=5).save_pretrained(
+        tmp_path
+    )
+    loaded = PixelDiTT2IPipeline.from_pretrained(tmp_path)
+    assert loaded.tokenizer is None and loaded.text_encoder is None
+    loaded.set_progress_bar_config(disable=True)
+    call["generator"] = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(loaded(**call).images, expected, rtol=0, atol=1e-5)
+
+
 def test_check_inputs_follow_sana():
     pipe = tiny_pipeline()
     embeds = torch.randn(1, 12, 8)

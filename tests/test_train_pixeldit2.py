@@ -173,7 +173,7 @@ def test_lora_fine_tuning_of_the_trained_pipeline(scratch_run, tmp_path):
         return pipe(class_labels=[7], num_inference_steps=2, output_type="latent", generator=torch.manual_seed(0))
 
     base = sample().images
-    pipe.transformer.load_lora_adapter(out, weight_name="pytorch_lora_weights.safetensors", prefix=None)
+    pipe.load_lora_weights(out)
     assert not torch.allclose(sample().images, base)
 
 

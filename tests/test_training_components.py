@@ -5,10 +5,16 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from pixeldit_testing import tiny_model
+from pixeldit_testing import TINY_PIXELDIT2, tiny_inputs, tiny_model
 from train_fixtures import reset_accelerate_state
 
-from diffusers_pixeldit import PixelDiTFlowScheduler, PixelDiTPipeline
+from diffusers_pixeldit import (
+    PixelDiT2Pipeline,
+    PixelDiT2Transformer2DModel,
+    PixelDiTFlowScheduler,
+    PixelDiTPipeline,
+    PixelDiTTransformer2DModel,
+)
 from diffusers_pixeldit.training import (
     StepMetrics,
     create_ema,
@@ -33,6 +39,49 @@ def test_from_scratch_a_preset_is_built_with_the_given_scheduler():
     assert parts.transformer.config.num_layers == 1 and parts.transformer.config.num_classes == 3
 
 
+def zero_initialised(transformer) -> list[str]:
+    """Names of the modules whose weight and bias are all zero."""
+    return [
+        name
+        for name, module in transformer.named_modules()
+        if isinstance(module, torch.nn.Linear) and not module.weight.any() and not module.bias.any()
+    ]
+
+
+@pytest.mark.parametrize("pipeline_class", [PixelDiTPipeline, PixelDiT2Pipeline])
+def test_from_scratch_starts_from_the_official_initialisation(pipeline_class):
+    # construction gives PyTorch's default init (an adapter can change the output); from scratch, the official one
+    is_pixeldit2 = pipeline_class is PixelDiT2Pipeline
+    transformer_class = PixelDiT2Transformer2DModel if is_pixeldit2 else PixelDiTTransformer2DModel
+    config = TINY_PIXELDIT2 if is_pixeldit2 else SCRATCH
+    torch.manual_seed(0)
+    assert zero_initialised(transformer_class(**config)) == []
+    parts = load_or_build_pipeline_parts(
+        pipeline_class,
+        None,
+        preset="PixelDiT2-B/16" if is_pixeldit2 else "PixelDiT-B",
+        transformer_config=config,
+        scheduler=PixelDiTFlowScheduler(),
+        transformer_class=transformer_class,
+    )
+    zeros = zero_initialised(parts.transformer)
+    assert "proj_out" in zeros and all(name.split(".")[0] == "proj_out" or "modulation" in name for name in zeros)
+    modulations = [n for n, m in parts.transformer.named_modules() if n.endswith("adaln_modulation")]
+    assert modulations and set(modulations) <= set(zeros)
+    weight = parts.transformer.patch_embed.weight
+    bound = (6 / sum(weight.shape)) ** 0.5  # Xavier-uniform
+    assert weight.abs().max() <= bound and weight.abs().max() > bound / 2
+    assert parts.transformer.class_embed.weight.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+def test_a_freshly_built_model_does_not_output_zero():
+    torch.manual_seed(0)
+    model = PixelDiTTransformer2DModel(**SCRATCH).eval()
+    with torch.no_grad():
+        assert model(**tiny_inputs(model)).sample.abs().min() > 0
+        assert not model.initialize_weights()(**tiny_inputs(model)).sample.any()
+
+
 def test_fine_tuning_loads_the_pretrained_transformer_scheduler_and_config(tmp_path):
     transformer = tiny_model("c2i")
     PixelDiTPipeline(transformer, PixelDiTFlowScheduler(shift=2.0), default_guidance_scale=4.0).save_pretrained(
@@ -42,7 +91,9 @@ def test_fine_tuning_loads_the_pretrained_transformer_scheduler_and_config(tmp_p
         PixelDiTPipeline, str(tmp_path), preset="PixelDiT-B", transformer_config=SCRATCH, scheduler=None
     )
     assert parts.scheduler.config.shift == 2.0 and parts.config["default_guidance_scale"] == 4.0
+    # the pretrained weights, not re-initialised (`tiny_model`'s output projection is non-zero)
     assert all(torch.equal(p, q) for p, q in zip(parts.transformer.parameters(), transformer.parameters()))
+    assert parts.transformer.proj_out.weight.any()
 
 
 def test_the_recipe_is_the_pretrained_one_overridden_by_what_is_given():

@@ -63,7 +63,7 @@ def test_model_card_of_a_pipeline_loads_the_repo_and_shows_the_samples(tmp_path)
 def test_model_card_of_a_lora_loads_the_base_pipeline_then_the_adapter(tmp_path):
     path = write_model_card(str(tmp_path), card_text("org/base"), repo_id="me/lora", lora=True)
     card = ModelCard.load(path)
-    assert 'PixelDiTPipeline.from_pretrained("org/base")\npipe.transformer.load_lora_adapter("me/lora"' in card.text
+    assert 'PixelDiTPipeline.from_pretrained("org/base")\npipe.load_lora_weights("me/lora"' in card.text
     assert "lora" in card.data.tags and card.data.base_model == "org/base"
     assert "## Samples" not in card.text
 

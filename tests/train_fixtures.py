@@ -256,12 +256,15 @@ def record_transformer_inputs(monkeypatch) -> list[dict]:
 def lora_fine_tuning(module, argv: list[str], base: Path, **conditions) -> dict:
     """Runs a LoRA fine-tuning of the pipeline folder `base` (`--output_dir` of `argv`); returns its logged losses,
     the files it wrote, and the LoRA loaded onto the base transformer: the modules it adapts and the largest change
-    of the output for 2 random 16x16 images at σ = 0.3, 0.7 with `conditions`."""
-    from diffusers_pixeldit import PixelDiTTransformer2DModel
+    of the output for 2 random 16x16 images at σ = 0.3, 0.7 with `conditions` (the LoRA loaded by the pipeline's
+    `load_lora_weights`)."""
+    import diffusers_pixeldit
+    from diffusers_pixeldit.training import pretrained_pipeline_class_name
 
     args = run_in_process(module, argv)
     out = Path(args.output_dir)
-    transformer = PixelDiTTransformer2DModel.from_pretrained(base, subfolder="transformer")
+    pipe = getattr(diffusers_pixeldit, pretrained_pipeline_class_name(str(base))).from_pretrained(base)
+    transformer = pipe.transformer
     inputs = dict(
         hidden_states=torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)),
         timestep=torch.tensor([300.0, 700.0]),
@@ -269,7 +272,7 @@ def lora_fine_tuning(module, argv: list[str], base: Path, **conditions) -> dict:
     )
     with torch.no_grad():
         before = transformer(**inputs).sample
-        transformer.load_lora_adapter(out, weight_name="pytorch_lora_weights.safetensors", prefix=None)
+        pipe.load_lora_weights(out)
         after = transformer(**inputs).sample
     return dict(
         loss=scalars(out, "train_loss"),

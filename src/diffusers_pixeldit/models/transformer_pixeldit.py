@@ -640,15 +640,17 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         self.proj_out = nn.Linear(pixel_embed_dim, in_channels)
 
         self.gradient_checkpointing = False
-        self._init_weights()
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PixelDiTTransformer2DModel":
         """Builds a randomly initialised model from a preset of `PIXELDIT_PRESETS` (overrides win)."""
         return model_from_preset(cls, PIXELDIT_PRESETS, name, overrides)
 
-    def _init_weights(self):
-        # As the official code: Xavier patch embedding, N(0, 0.02) time/class embeddings, zero AdaLN and output.
+    def initialize_weights(self) -> "PixelDiTTransformer2DModel":
+        """The official initialisation for training from scratch, in place: Xavier-uniform patch embedding,
+        N(0, 0.02) time and class embeddings, zero AdaLN modulations and output projection (so the model starts by
+        predicting 0). Construction keeps PyTorch's default initialisation, as diffusers models do; returns `self`.
+        """
         nn.init.xavier_uniform_(self.patch_embed.weight)
         nn.init.zeros_(self.patch_embed.bias)
         nn.init.normal_(self.time_embed.linear_1.weight, std=0.02)
@@ -662,6 +664,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
                     nn.init.zeros_(module.bias)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        return self
 
     def _check_inputs(self, hidden_states, timestep, class_labels, encoder_hidden_states):
         config = self.config

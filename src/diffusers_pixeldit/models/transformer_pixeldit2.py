@@ -322,15 +322,18 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
         self.proj_out = nn.Linear(dim, patch_size * patch_size * in_channels)
 
         self.gradient_checkpointing = False
-        self._init_weights()
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PixelDiT2Transformer2DModel":
         """Builds a randomly initialised model from a preset of `PIXELDIT2_PRESETS` (overrides win)."""
         return model_from_preset(cls, PIXELDIT2_PRESETS, name, overrides)
 
-    def _init_weights(self):
-        # As the official code: Xavier patch embedding, N(0, 0.02) embeddings, zero adaLN (P_g's too) and output.
+    def initialize_weights(self) -> "PixelDiT2Transformer2DModel":
+        """The official initialisation for training from scratch, in place: Xavier-uniform patch embedding,
+        N(0, 0.02) class, time and in-context position embeddings, zero adaLN modulations (the grounding blocks' and
+        the output's too) and output projection (so the model starts by predicting the clean image 0). Construction
+        keeps PyTorch's default initialisation, as diffusers models do; returns `self`.
+        """
         nn.init.xavier_uniform_(self.patch_embed.weight)
         nn.init.zeros_(self.patch_embed.bias)
         nn.init.normal_(self.class_embed.weight, std=0.02)
@@ -345,6 +348,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
         ]:
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
+        return self
 
     def _run_block(self, block, hidden_states, temb, rotary_emb, encoder_hidden_states):
         if torch.is_grad_enabled() and self.gradient_checkpointing:

@@ -1,4 +1,5 @@
 from .class_conditional import imagenet_id2label
+from .lora import PixelDiTLoraLoaderMixin
 from .pipeline_pixeldit import PixelDiTPipeline
 from .pipeline_pixeldit2 import PixelDiT2Pipeline
 from .pipeline_pixeldit2_editing import PixelDiT2Img2ImgPipeline, PixelDiT2InpaintPipeline
@@ -14,6 +15,7 @@ __all__ = [
     "PixelDiT2Pipeline",
     "PixelDiTImg2ImgPipeline",
     "PixelDiTInpaintPipeline",
+    "PixelDiTLoraLoaderMixin",
     "PixelDiTPipeline",
     "PixelDiTT2IImg2ImgPipeline",
     "PixelDiTT2IInpaintPipeline",

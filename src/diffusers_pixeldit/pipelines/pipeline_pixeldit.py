@@ -9,9 +9,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from ..models import PixelDiTTransformer2DModel
 from .class_conditional import ClassConditionalMixin
 from .denoising import ModelInputs
+from .lora import PixelDiTLoraLoaderMixin
 
 
-class PixelDiTPipeline(DiffusionPipeline, ClassConditionalMixin):
+class PixelDiTPipeline(DiffusionPipeline, ClassConditionalMixin, PixelDiTLoraLoaderMixin):
     r"""
     Class-conditional image generation with PixelDiT, directly in pixel space.
 

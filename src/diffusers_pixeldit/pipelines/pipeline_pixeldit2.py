@@ -9,9 +9,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from ..models import PixelDiT2Transformer2DModel, encode_grounding
 from .class_conditional import ClassConditionalMixin
 from .denoising import ModelInputs
+from .lora import PixelDiTLoraLoaderMixin
 
 
-class PixelDiT2Pipeline(DiffusionPipeline, ClassConditionalMixin):
+class PixelDiT2Pipeline(DiffusionPipeline, ClassConditionalMixin, PixelDiTLoraLoaderMixin):
     r"""
     Class-conditional image generation with PixelDiT2, directly in pixel space: at every model evaluation the
     grounding encoder (a frozen DINOv3) reads the current noisy image and its tokens condition the transformer.

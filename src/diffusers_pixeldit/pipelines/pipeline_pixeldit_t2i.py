@@ -18,6 +18,7 @@ from .denoising import (
     check_guidance_interval,
     document_sampling_arguments,
 )
+from .lora import PixelDiTLoraLoaderMixin
 
 
 EXAMPLE_DOC_STRING = """
@@ -59,7 +60,7 @@ def clean_prompt(prompt: str) -> str:
     return prompt.strip()
 
 
-class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin):
+class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin, PixelDiTLoraLoaderMixin):
     r"""
     Text-to-image generation with PixelDiT, directly in pixel space.
 

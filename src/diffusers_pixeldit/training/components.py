@@ -63,11 +63,13 @@ def load_or_build_pipeline_parts(
     **skipped_components: None,
 ) -> PipelineParts:
     """Fine-tuning: the transformer, scheduler and config of the pretrained `pipeline_class` folder or Hub repo
-    (`skipped_components`, e.g. `text_encoder=None`, are not loaded). From scratch (`pretrained_model_name_or_path`
-    None): `transformer_class.from_preset(preset, **transformer_config)` and `scheduler`, the sampler to save with it.
+    (`skipped_components`, e.g. `text_encoder=None`, are not loaded), weights as saved. From scratch
+    (`pretrained_model_name_or_path` None): `transformer_class.from_preset(preset, **transformer_config)` with the
+    official initialisation (`initialize_weights()`), and `scheduler`, the sampler to save with it.
     """
     if pretrained_model_name_or_path is None:
-        return PipelineParts(transformer_class.from_preset(preset, **transformer_config), scheduler)
+        transformer = transformer_class.from_preset(preset, **transformer_config).initialize_weights()
+        return PipelineParts(transformer, scheduler)
     pipeline = pipeline_class.from_pretrained(
         pretrained_model_name_or_path, revision=revision, variant=variant, **skipped_components
     )

@@ -140,7 +140,7 @@ def write_model_card(
     if lora:
         loading = (
             f'pipe = {card.pipeline_class}.from_pretrained("{card.base_model}")\n'
-            f'pipe.transformer.load_lora_adapter("{repo_id}", weight_name="{LORA_WEIGHT_NAME}", prefix=None)'
+            f'pipe.load_lora_weights("{repo_id}", weight_name="{LORA_WEIGHT_NAME}")'
         )
     else:
         loading = f'pipe = {card.pipeline_class}.from_pretrained("{repo_id}")'
@@ -177,13 +177,22 @@ def finish_training(
 ) -> DiffusionPipeline:
     """Saves the result to `output_dir`, writes its model card and uploads it; call on the main process.
 
-    With `lora` only the transformer's adapter is saved (`pytorch_lora_weights.safetensors`); otherwise the whole
+    With `lora` only the transformer's adapter is saved (`pytorch_lora_weights.safetensors` in the diffusers layout,
+    by the pipeline's `save_lora_weights`; it loads with `load_lora_weights`); otherwise the whole
     `pipeline`, then reloaded from `output_dir` (without `reload_components`, e.g. `text_encoder=None`) for the final
     `validate(pipeline) -> grid path or None`. With `repo_id` the folder goes to the Hub (`upload_folder`, without
     the checkpoints). Returns the pipeline that was validated.
     """
     if lora:
-        pipeline.transformer.save_lora_adapter(output_dir, weight_name=LORA_WEIGHT_NAME)
+        from peft.utils import get_peft_model_state_dict
+
+        transformer, (adapter,) = pipeline.transformer, pipeline.transformer.active_adapters()
+        type(pipeline).save_lora_weights(
+            output_dir,
+            transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=adapter),
+            transformer_lora_adapter_metadata=transformer.peft_config[adapter].to_dict(),
+            weight_name=LORA_WEIGHT_NAME,
+        )
     else:
         pipeline.save_pretrained(output_dir)
         pipeline = type(pipeline).from_pretrained(output_dir, **(reload_components or {}))
