@@ -27,6 +27,8 @@ from diffusers.models.normalization import RMSNorm
 from diffusers.utils import apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device, maybe_allow_in_graph
 
+from ..single_file import FromOfficialModelMixin
+
 
 logger = logging.get_logger(__name__)
 
@@ -513,7 +515,9 @@ TransformerBlockRegistry.register(  # returns (text, image) tokens, as Flux's do
 )
 
 
-class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+class PixelDiTTransformer2DModel(
+    ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin, FromOfficialModelMixin
+):
     r"""
     PixelDiT (Yu et al., "PixelDiT: Pixel Diffusion Transformers for Image Generation", arXiv 2511.20645): a
     patch-level transformer for global semantics followed by a pixel-level pathway (pixel-wise AdaLN, pixel token
@@ -558,6 +562,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
     _no_split_modules = ["PixelDiTTransformerBlock", "PixelDiTJointTransformerBlock", "PixelDiTPixelBlock"]
     _repeated_blocks = ["PixelDiTTransformerBlock", "PixelDiTJointTransformerBlock", "PixelDiTPixelBlock"]
     _skip_layerwise_casting_patterns = ["patch_embed", "pixel_embed", "pos_embed", "time_embed", "class_embed", "norm"]
+    _single_file_kinds = ("c2i", "t2i")
 
     @register_to_config
     def __init__(

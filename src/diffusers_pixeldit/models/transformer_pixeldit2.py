@@ -18,6 +18,7 @@ from diffusers.models.normalization import RMSNorm
 from diffusers.utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
+from ..single_file import FromOfficialModelMixin
 from .transformer_pixeldit import (
     IMAGENET_NUM_CLASSES,
     NORM_EPS,
@@ -210,7 +211,9 @@ class PixelDiT2GroundingProjection(nn.Module):
         return self.proj_out(hidden_states)
 
 
-class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+class PixelDiT2Transformer2DModel(
+    ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin, FromOfficialModelMixin
+):
     r"""
     PixelDiT2 ("Representation-Grounded Pixel Diffusion Transformers", NVIDIA): a patch-level DiT in pixel space whose
     every block is modulated per patch by the features a frozen DINOv3 extracts from the noisy input itself, with
@@ -255,6 +258,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
     _no_split_modules = ["PixelDiT2TransformerBlock", "PixelDiT2GroundingBlock"]
     _repeated_blocks = ["PixelDiT2TransformerBlock", "PixelDiT2GroundingBlock"]
     _skip_layerwise_casting_patterns = ["patch_embed", "time_embed", "class_embed", "norm"]
+    _single_file_kinds = ("pixeldit2",)
 
     @register_to_config
     def __init__(

@@ -7,11 +7,12 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..models import PixelDiTTransformer2DModel
+from ..single_file import FromOfficialSingleFileMixin
 from .class_conditional import ClassConditionalMixin
 from .denoising import ModelInputs
 
 
-class PixelDiTPipeline(DiffusionPipeline, ClassConditionalMixin):
+class PixelDiTPipeline(DiffusionPipeline, ClassConditionalMixin, FromOfficialSingleFileMixin):
     r"""
     Class-conditional image generation with PixelDiT, directly in pixel space.
 
@@ -26,6 +27,7 @@ class PixelDiTPipeline(DiffusionPipeline, ClassConditionalMixin):
             a call does not give them (a converted checkpoint carries its model card's).
     """
 
+    _single_file_kinds = ("c2i",)
     model_cpu_offload_seq = "transformer"
     _callback_tensor_inputs = ["latents"]
 

@@ -11,6 +11,7 @@ from diffusers.utils import replace_example_docstring
 
 from ..models import PixelDiTTransformer2DModel
 from ..models.transformer_pixeldit import RELEASE_MAX_TEXT_LENGTH
+from ..single_file import FromOfficialSingleFileMixin
 from .denoising import PixelDiTDenoisingMixin, StepEndCallback, check_guidance_interval, document_sampling_arguments
 
 
@@ -53,7 +54,7 @@ def clean_prompt(prompt: str) -> str:
     return prompt.strip()
 
 
-class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin):
+class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin, FromOfficialSingleFileMixin):
     r"""
     Text-to-image generation with PixelDiT, directly in pixel space.
 
@@ -72,6 +73,7 @@ class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin):
             model was trained (the release's by default; `None` or `[]` for none).
     """
 
+    _single_file_kinds = ("t2i",)
     model_cpu_offload_seq = "text_encoder->transformer"
     _optional_components = ["tokenizer", "text_encoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
