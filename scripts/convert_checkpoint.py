@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -27,41 +26,32 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData
-from safetensors.torch import load_file
 
-from diffusers_pixeldit import (
-    PixelDiT2Pipeline,
-    PixelDiT2Transformer2DModel,
-    PixelDiTPipeline,
-    PixelDiTT2IPipeline,
-    PixelDiTTransformer2DModel,
-)
+from diffusers_pixeldit import PixelDiT2Transformer2DModel, PixelDiTTransformer2DModel
 from diffusers_pixeldit.conversion import (
+    DINOV3,
+    GEMMA,
+    PIXELDIT2_OVERRIDES,
+    RECIPE_OVERRIDES,
     SAMPLERS,
-    dinov3_from_timm_state_dict,
-    infer_pixeldit2_config_from_official_state_dict,
     load_official_checkpoint,
+    load_text_components,
     official_checkpoint_from_transformer,
-    official_sampling_recipe,
-    sampling_scheduler,
-    split_grounding_encoder,
-    transformer_from_official_state_dict,
+    official_components,
 )
 from diffusers_pixeldit.models import PIXELDIT2_PRESETS, PIXELDIT_PRESETS
+from diffusers_pixeldit.single_file import official_pipeline
 
 
 logger = logging.getLogger("convert_checkpoint")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-RECIPE_OVERRIDES = ("num_inference_steps", "guidance_scale", "guidance_interval", "shift", "sampler")
 # Options of the official -> diffusers direction, refused with --to-official.
 TO_DIFFUSERS_ONLY = (
     "weights", "preset", "num_attention_heads", "text_encoder", "grounding_encoder", "grounding_encoder_heads",
     "in_context_start", "silu_conditioning", "noise_scale", "resolution", *RECIPE_OVERRIDES, "max_shard_size",
     "push_to_hub", "repo_id", "private", "trust_pickle",
 )  # fmt: skip
-# PixelDiT2 settings the tensors do not hold (the recipe gives them for the release file names).
-PIXELDIT2_OVERRIDES = ("in_context_start", "silu_conditioning", "noise_scale")
 SAMPLER_DESCRIPTIONS = {
     "adams_bashforth": '`PixelDiTFlowScheduler(solver="adams_bashforth")`: the official "FlowDPMSolver" '
     "(2-step Adams-Bashforth)",
@@ -75,9 +65,6 @@ RELEASES = {
     "t2i": "nvidia/PixelDiT-1300M-1024px",
     "pixeldit2": "nvidia/PixelDiT2-ImageNet",
 }
-GEMMA = "google/gemma-2-2b-it"
-# The released PixelDiT2 models' grounding encoders, by width.
-DINOV3 = {384: "facebook/dinov3-vits16-pretrain-lvd1689m", 768: "facebook/dinov3-vitb16-pretrain-lvd1689m"}
 
 
 def positive(kind):
@@ -204,23 +191,6 @@ def staged(output: Path):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def load_text_components(name_or_path: str, text_embed_dim: int, dtype: torch.dtype):
-    """The tokenizer (right padding) and base model (e.g. `Gemma2Model`, the decoder of a causal LM) of a text
-    encoder whose hidden size is `text_embed_dim`."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    width = getattr(AutoConfig.from_pretrained(name_or_path).get_text_config(), "hidden_size", None)
-    if width != text_embed_dim:
-        raise ValueError(
-            f"The text encoder {name_or_path} has hidden size {width}; this transformer takes text embeddings of "
-            f"width {text_embed_dim}."
-        )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="right")
-    text_encoder = AutoModel.from_pretrained(name_or_path, dtype=dtype).eval()
-    logger.info(f"Text encoder: {type(text_encoder).__name__} from {name_or_path}")
-    return tokenizer, text_encoder
-
-
 def model_card(
     pipe, kind: str, recipe: dict, source: str, location: str, variant: str | None, overridden: list[str]
 ) -> ModelCard:
@@ -340,41 +310,6 @@ The pipeline's defaults follow the {origin}. Each can be changed per call (`num_
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def load_grounding_encoder(name_or_path: str, num_attention_heads: int | None, dtype: torch.dtype):
-    """The grounding encoder of --grounding_encoder: a timm DINOv3 safetensors file, else a transformers DINOv3 folder
-    or Hub id."""
-    path = Path(name_or_path)
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ValueError(f"--grounding_encoder {path}: a timm DINOv3 state dict must be a .safetensors file.")
-        return dinov3_from_timm_state_dict(load_file(path), num_attention_heads).to(dtype)
-    from transformers import DINOv3ViTModel
-
-    return DINOv3ViTModel.from_pretrained(name_or_path, dtype=dtype).eval()
-
-
-def pixeldit2_components(args, state_dict: dict, dtype: torch.dtype):
-    """(denoiser state dict, grounding encoder, default resolution) of a PixelDiT2 checkpoint."""
-    state_dict, encoder_weights = split_grounding_encoder(state_dict)
-    width = infer_pixeldit2_config_from_official_state_dict(state_dict)["grounding_embed_dim"]
-    if encoder_weights is not None and args.grounding_encoder:
-        raise ValueError("The checkpoint holds its grounding encoder: drop --grounding_encoder.")
-    if encoder_weights is not None:
-        logger.info(f"Grounding encoder: the checkpoint's DINOv3 ({len(encoder_weights)} tensors, timm names)")
-        encoder = dinov3_from_timm_state_dict(encoder_weights, args.grounding_encoder_heads).to(dtype)
-    elif args.grounding_encoder:
-        logger.info(f"Grounding encoder: {args.grounding_encoder}")
-        encoder = load_grounding_encoder(args.grounding_encoder, args.grounding_encoder_heads, dtype)
-    else:
-        raise ValueError(
-            f"This PixelDiT2 checkpoint holds no grounding encoder: pass --grounding_encoder "
-            f"{DINOV3.get(width, DINOV3[384])} (or a local transformers DINOv3 folder, or a timm DINOv3 .safetensors "
-            f"file), a DINOv3 of width {width}."
-        )
-    # the 512 px release grounds with the 768-wide DINOv3 ViT-B/16
-    return state_dict, encoder, 512 if width == 768 else None
-
-
 def convert_to_diffusers(args):
     checkpoint, output = Path(args.checkpoint), Path(args.output)
     if checkpoint.is_dir():
@@ -388,32 +323,26 @@ def convert_to_diffusers(args):
     pixeldit2_options = [name for name in ("grounding_encoder", *PIXELDIT2_OVERRIDES) if getattr(args, name)]
     if pixeldit2_options and kind != "pixeldit2":
         raise ValueError(f"--{', --'.join(pixeldit2_options)} are for PixelDiT2 checkpoints; this one is {kind}.")
-    resolution = args.resolution
-    if kind == "pixeldit2":
-        state_dict, grounding_encoder, encoder_resolution = pixeldit2_components(args, state_dict, dtype)
-        has_resolution = re.search(r"(?<!\d)(256|512)(?!\d)", checkpoint.name)
-        resolution = resolution or (None if has_resolution else encoder_resolution)
-    recipe = official_sampling_recipe(checkpoint.name, kind, resolution)
-    overridden = [name for name in RECIPE_OVERRIDES if getattr(args, name) is not None]
-    recipe.update({name: getattr(args, name) for name in overridden})
-    if args.resolution is not None:
-        overridden.insert(0, "resolution")
-    transformer_settings = dict(recipe["transformer"])
-    for name in PIXELDIT2_OVERRIDES:
-        if getattr(args, name) is not None:
-            value = getattr(args, name)
-            transformer_settings[name] = value == "true" if name == "silu_conditioning" else value
-            overridden.append(name)
-
-    state_dict = {key: tensor.to(dtype) for key, tensor in state_dict.items()}
-    transformer = transformer_from_official_state_dict(
-        state_dict, args.preset, args.num_attention_heads, sample_size=recipe["sample_size"], **transformer_settings
+    silu = None if args.silu_conditioning is None else args.silu_conditioning == "true"
+    components = official_components(
+        state_dict,
+        kind,
+        checkpoint.name,
+        dtype,
+        grounding_encoder=args.grounding_encoder,
+        grounding_encoder_heads=args.grounding_encoder_heads,
+        preset=args.preset,
+        num_attention_heads=args.num_attention_heads,
+        resolution=args.resolution,
+        recipe_overrides={name: getattr(args, name) for name in RECIPE_OVERRIDES},
+        transformer_overrides={
+            "in_context_start": args.in_context_start,
+            "silu_conditioning": silu,
+            "noise_scale": args.noise_scale,
+        },
     )
+    transformer, recipe, overridden = components.transformer, components.recipe, components.overridden
     config = transformer.config
-    if config.sample_size % config.patch_size:
-        raise ValueError(
-            f"The resolution {config.sample_size} is not a multiple of the patch size {config.patch_size}."
-        )
     blocks = f"{config.num_layers} blocks of width {transformer.inner_dim} ({config.num_attention_heads} heads)"
     if kind != "pixeldit2":
         blocks += f", {config.num_pixel_layers} pixel blocks of width {config.pixel_embed_dim}"
@@ -426,26 +355,15 @@ def convert_to_diffusers(args):
         f"{recipe['sampler']}, {recipe['num_inference_steps']} steps, CFG {recipe['guidance_scale']} in "
         f"{tuple(recipe['guidance_interval'])}, shift {recipe['shift']}, {recipe['sample_size']} px"
     )
-    scheduler = sampling_scheduler(recipe["sampler"], recipe["shift"], recipe["time_grid"])
-    defaults = {
-        "default_num_inference_steps": recipe["num_inference_steps"],
-        "default_guidance_scale": recipe["guidance_scale"],
-        "default_guidance_interval": tuple(recipe["guidance_interval"]),
-    }
-    if kind == "c2i":
-        pipe = PixelDiTPipeline(transformer, scheduler, **defaults)
-    elif kind == "pixeldit2":
-        pipe = PixelDiT2Pipeline(transformer, scheduler, grounding_encoder, **defaults)
-    else:
-        tokenizer = text_encoder = None
-        if args.text_encoder:
-            tokenizer, text_encoder = load_text_components(args.text_encoder, config.text_embed_dim, dtype)
-        else:
-            logger.warning(
-                "No --text_encoder: writing the pipeline without tokenizer and text encoder (optional components; "
-                f"pass them to from_pretrained, e.g. {GEMMA}'s, or use precomputed prompt_embeds)."
-            )
-        pipe = PixelDiTT2IPipeline(tokenizer, text_encoder, transformer, scheduler, **defaults)
+    tokenizer = text_encoder = None
+    if args.text_encoder:
+        tokenizer, text_encoder = load_text_components(args.text_encoder, config.text_embed_dim, dtype)
+    elif kind == "t2i":
+        logger.warning(
+            "No --text_encoder: writing the pipeline without tokenizer and text encoder (optional components; "
+            f"pass them to from_pretrained, e.g. {GEMMA}'s, or use precomputed prompt_embeds)."
+        )
+    pipe = official_pipeline(components, tokenizer=tokenizer, text_encoder=text_encoder)
 
     location = args.repo_id or str(output)
     source = f"`{checkpoint.name}`"

@@ -579,7 +579,16 @@ def load_official_checkpoint(
         raise FileNotFoundError(f"No checkpoint file {path}.")
     if trust_pickle:
         logger.warning(f"Loading {path} with arbitrary unpickling (trust_pickle=True): it can run code.")
-    checkpoint = _read_checkpoint(path, trust_pickle)
+    return official_state_dict_from_checkpoint(_read_checkpoint(path, trust_pickle), weights, str(path))
+
+
+def official_state_dict_from_checkpoint(
+    checkpoint: Any, weights: str = "ema", path: str = "The checkpoint"
+) -> tuple[dict[str, torch.Tensor], str]:
+    """`load_official_checkpoint` for a checkpoint already in memory (what `torch.load` or `load_file` returned);
+    `path` names it in errors."""
+    if weights not in _WEIGHT_SETS:
+        raise ValueError(f"`weights` must be one of {sorted(_WEIGHT_SETS)}, got {weights!r}.")
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict):
@@ -914,3 +923,245 @@ def sampling_scheduler(sampler: str, shift: float, time_grid: str = "pixeldit") 
     if sampler == "dpmsolver++":
         return release_dpm_solver_scheduler(shift)
     return PixelDiTFlowScheduler(shift=shift, solver=sampler, time_grid=time_grid)
+
+
+# ---------------------------------------------------------------- a checkpoint file -> pipeline components
+
+# The released PixelDiT2 models' grounding encoders, by width, and the T2I release's text encoder.
+DINOV3 = {384: "facebook/dinov3-vits16-pretrain-lvd1689m", 768: "facebook/dinov3-vitb16-pretrain-lvd1689m"}
+GEMMA = "google/gemma-2-2b-it"
+# Sampling-recipe entries a caller may override, and PixelDiT2 settings the tensors do not hold.
+RECIPE_OVERRIDES = ("num_inference_steps", "guidance_scale", "guidance_interval", "shift", "sampler")
+PIXELDIT2_OVERRIDES = ("in_context_start", "silu_conditioning", "noise_scale")
+
+
+def resolve_checkpoint_file(
+    link_or_path: str | Path,
+    weight_name: str | None = None,
+    subfolder: str | None = None,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    proxies: dict | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+) -> Path:
+    """The local path of a checkpoint: a local file as it is; a Hub file link
+    (`https://huggingface.co/<repo_id>/blob/main/<file>`), or a repo id with `weight_name`, downloaded into (or found
+    in, offline: `HF_HUB_OFFLINE=1` or `local_files_only=True`) the Hugging Face cache.
+
+    Raises:
+        FileNotFoundError: for a path that is neither a file, a Hub link nor a repo id with `weight_name`.
+        OSError: when the Hub file cannot be found or downloaded (offline: not in the cache).
+    """
+    from diffusers.loaders.single_file_utils import _extract_repo_id_and_weights_name, is_valid_url
+    from huggingface_hub import hf_hub_download
+
+    text = str(link_or_path)
+    if weight_name is None and Path(text).is_file():
+        return Path(text)
+    if weight_name is not None:
+        repo_id = text
+    elif is_valid_url(text):
+        repo_id, weight_name = _extract_repo_id_and_weights_name(text)
+        if weight_name is None:
+            raise FileNotFoundError(
+                f"{text} is not a Hub file link (https://huggingface.co/<repo_id>/blob/main/<file>)."
+            )
+    else:
+        raise FileNotFoundError(
+            f"No checkpoint file {text}: pass a local file, a Hub file link "
+            "(https://huggingface.co/<repo_id>/blob/main/<file>) or a repo id with `weight_name`."
+        )
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                weight_name,
+                subfolder=subfolder,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                proxies=proxies,
+                token=token,
+                local_files_only=bool(local_files_only),
+                library_name="diffusers_pixeldit",
+            )
+        )
+    except Exception as error:  # huggingface_hub's errors: not found, offline and not cached, gated, no network
+        raise OSError(
+            f"Cannot get {weight_name} of the Hub repository {repo_id}: {' '.join(str(error).split())[:400]}"
+        ) from error
+
+
+def load_text_components(name_or_path: str | Path, text_embed_dim: int, dtype: torch.dtype | None = None):
+    """`(tokenizer, text_encoder)`: the tokenizer (right padding) and base model (e.g. `Gemma2Model`, the decoder of a
+    causal LM) of a transformers text encoder folder or Hub id, whose hidden size must be `text_embed_dim`."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    width = getattr(AutoConfig.from_pretrained(name_or_path).get_text_config(), "hidden_size", None)
+    if width != text_embed_dim:
+        raise ValueError(
+            f"The text encoder {name_or_path} has hidden size {width}; this transformer takes text embeddings of "
+            f"width {text_embed_dim}."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="right")
+    text_encoder = AutoModel.from_pretrained(name_or_path, dtype=dtype).eval()
+    logger.info(f"Text encoder: {type(text_encoder).__name__} from {name_or_path}")
+    return tokenizer, text_encoder
+
+
+def load_grounding_encoder(
+    name_or_path: str | Path, num_attention_heads: int | None = None, dtype: torch.dtype | None = None
+):
+    """A PixelDiT2 grounding encoder (`transformers.DINOv3ViTModel`, eval mode): from a timm DINOv3 `.safetensors`
+    file (the official code's names), else a transformers DINOv3 folder or Hub id."""
+    path = Path(name_or_path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"Grounding encoder {path}: a timm DINOv3 state dict must be a .safetensors file.")
+        encoder = dinov3_from_timm_state_dict(load_file(path), num_attention_heads)
+        return encoder if dtype is None else encoder.to(dtype)
+    from transformers import DINOv3ViTModel
+
+    return DINOv3ViTModel.from_pretrained(name_or_path, dtype=dtype).eval()
+
+
+class OfficialComponents(NamedTuple):
+    """What an official checkpoint converts to: the `kind` ("c2i", "t2i" or "pixeldit2"), the transformer, the
+    recipe's scheduler and pipeline defaults, the recipe itself (`official_sampling_recipe` with the overrides), the
+    names of the overridden entries, and PixelDiT2's grounding encoder (None otherwise)."""
+
+    kind: str
+    transformer: PixelDiTTransformer2DModel | PixelDiT2Transformer2DModel
+    scheduler: SchedulerMixin
+    pipeline_defaults: dict[str, Any]
+    recipe: dict[str, Any]
+    overridden: list[str]
+    grounding_encoder: Any = None
+
+
+def official_transformer(
+    state_dict: dict[str, torch.Tensor],
+    kind: str,
+    file_name: str | Path,
+    dtype: torch.dtype | None = None,
+    preset: str | None = None,
+    num_attention_heads: int | None = None,
+    resolution: int | None = None,
+    recipe_overrides: dict[str, Any] | None = None,
+    transformer_overrides: dict[str, Any] | None = None,
+) -> tuple[PixelDiTTransformer2DModel | PixelDiT2Transformer2DModel, dict[str, Any], list[str]]:
+    """`(transformer, recipe, overridden)` of a bare official state dict (`load_official_checkpoint`): the
+    architecture from the tensors (a PixelDiT2 grounding encoder's tensors are left aside), the sampling recipe from
+    the release file name (`official_sampling_recipe`) with the overrides, and the names of the overridden entries.
+
+    Args:
+        state_dict, kind: as `load_official_checkpoint` returns them.
+        file_name: the checkpoint's file name, which chooses the model card's recipe.
+        dtype (`torch.dtype`, *optional*): every weight cast to it (default: the checkpoint's).
+        preset, num_attention_heads: checked against the tensors (see `transformer_from_official_state_dict`).
+        resolution (`int`, *optional*): the default image side (else the file name's, or the release's; PixelDiT2
+            grounded on a 768-wide DINOv3 without one in its name: 512).
+        recipe_overrides (`dict`, *optional*): entries of `RECIPE_OVERRIDES` that replace the recipe's.
+        transformer_overrides (`dict`, *optional*): PixelDiT2 settings the tensors do not hold
+            (`PIXELDIT2_OVERRIDES`).
+
+    Raises:
+        ValueError: for options that do not fit the checkpoint, and the errors of
+            `transformer_from_official_state_dict`.
+    """
+    recipe_overrides = {k: v for k, v in (recipe_overrides or {}).items() if v is not None}
+    transformer_overrides = {k: v for k, v in (transformer_overrides or {}).items() if v is not None}
+    unknown = sorted(recipe_overrides.keys() - set(RECIPE_OVERRIDES)) + sorted(
+        transformer_overrides.keys() - set(PIXELDIT2_OVERRIDES)
+    )
+    if unknown:
+        raise ValueError(f"Unknown conversion options {unknown}.")
+    if transformer_overrides and kind != "pixeldit2":
+        raise ValueError(f"{', '.join(transformer_overrides)} are for PixelDiT2 checkpoints; this one is {kind}.")
+    user_resolution = resolution
+    if kind == "pixeldit2":
+        state_dict, _ = split_grounding_encoder(state_dict)
+        width = infer_pixeldit2_config_from_official_state_dict(state_dict)["grounding_embed_dim"]
+        # the 512 px release grounds with the 768-wide DINOv3 ViT-B/16
+        if resolution is None and not re.search(r"(?<!\d)(256|512)(?!\d)", Path(file_name).name):
+            resolution = 512 if width == 768 else None
+    recipe = official_sampling_recipe(file_name, kind, resolution)
+    recipe.update(recipe_overrides)
+    overridden = (["resolution"] if user_resolution is not None else []) + [
+        name for name in (*RECIPE_OVERRIDES, *PIXELDIT2_OVERRIDES) if name in recipe_overrides | transformer_overrides
+    ]
+    if dtype is not None:
+        state_dict = {key: tensor.to(dtype) for key, tensor in state_dict.items()}
+    transformer = transformer_from_official_state_dict(
+        state_dict,
+        preset,
+        num_attention_heads,
+        sample_size=recipe["sample_size"],
+        **{**recipe["transformer"], **transformer_overrides},
+    )
+    config = transformer.config
+    if config.sample_size % config.patch_size:
+        raise ValueError(
+            f"The resolution {config.sample_size} is not a multiple of the patch size {config.patch_size}."
+        )
+    return transformer, recipe, overridden
+
+
+def official_components(
+    state_dict: dict[str, torch.Tensor],
+    kind: str,
+    file_name: str | Path,
+    dtype: torch.dtype | None = None,
+    grounding_encoder=None,
+    grounding_encoder_heads: int | None = None,
+    **options,
+) -> OfficialComponents:
+    """Converts a bare official state dict (`load_official_checkpoint`) into its pipeline's components: the
+    transformer and recipe of `official_transformer` (`options` are its arguments), the recipe's scheduler and
+    pipeline defaults, and PixelDiT2's grounding encoder. `scripts/convert_checkpoint.py` and `from_single_file`
+    both build on it.
+
+    Args:
+        grounding_encoder (*optional*): PixelDiT2 without its encoder in the checkpoint: a `DINOv3ViTModel`, or a
+            path / Hub id for `load_grounding_encoder`.
+        grounding_encoder_heads (`int`, *optional*): heads of an encoder read from timm weights (default width / 64).
+
+    Raises:
+        ValueError: for a missing or superfluous grounding encoder, and the errors of `official_transformer`.
+    """
+    if grounding_encoder is not None and kind != "pixeldit2":
+        raise ValueError(f"grounding_encoder is for PixelDiT2 checkpoints; this one is {kind}.")
+    encoder = None
+    if kind == "pixeldit2":
+        denoiser, encoder_weights = split_grounding_encoder(state_dict)
+        width = infer_pixeldit2_config_from_official_state_dict(denoiser)["grounding_embed_dim"]
+        if encoder_weights is not None and grounding_encoder is not None:
+            raise ValueError(
+                "The checkpoint holds its grounding encoder: drop --grounding_encoder (grounding_encoder=)."
+            )
+        if encoder_weights is None and grounding_encoder is None:
+            raise ValueError(
+                f"This PixelDiT2 checkpoint holds no grounding encoder: pass --grounding_encoder "
+                f"{DINOV3.get(width, DINOV3[384])} (grounding_encoder= of from_single_file; or a local transformers "
+                f"DINOv3 folder, or a timm DINOv3 .safetensors file), a DINOv3 of width {width}."
+            )
+        if encoder_weights is not None:
+            logger.info(f"Grounding encoder: the checkpoint's DINOv3 ({len(encoder_weights)} tensors, timm names)")
+            encoder = dinov3_from_timm_state_dict(encoder_weights, grounding_encoder_heads)
+        elif isinstance(grounding_encoder, (str, Path)):
+            logger.info(f"Grounding encoder: {grounding_encoder}")
+            encoder = load_grounding_encoder(grounding_encoder, grounding_encoder_heads)
+        else:
+            encoder = grounding_encoder
+        if dtype is not None:
+            encoder = encoder.to(dtype)
+    transformer, recipe, overridden = official_transformer(state_dict, kind, file_name, dtype, **options)
+    scheduler = sampling_scheduler(recipe["sampler"], recipe["shift"], recipe["time_grid"])
+    defaults = {
+        "default_num_inference_steps": recipe["num_inference_steps"],
+        "default_guidance_scale": recipe["guidance_scale"],
+        "default_guidance_interval": tuple(recipe["guidance_interval"]),
+    }
+    return OfficialComponents(kind, transformer, scheduler, defaults, recipe, overridden, encoder)

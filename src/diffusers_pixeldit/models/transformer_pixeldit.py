@@ -27,6 +27,8 @@ from diffusers.models.normalization import RMSNorm
 from diffusers.utils import apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device, maybe_allow_in_graph
 
+from ..single_file import FromOfficialModelMixin
+
 
 logger = logging.get_logger(__name__)
 
@@ -513,7 +515,9 @@ TransformerBlockRegistry.register(  # returns (text, image) tokens, as Flux's do
 )
 
 
-class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+class PixelDiTTransformer2DModel(
+    ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin, FromOfficialModelMixin
+):
     r"""
     PixelDiT (Yu et al., "PixelDiT: Pixel Diffusion Transformers for Image Generation", arXiv 2511.20645): a
     patch-level transformer for global semantics followed by a pixel-level pathway (pixel-wise AdaLN, pixel token
@@ -558,6 +562,11 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
     _no_split_modules = ["PixelDiTTransformerBlock", "PixelDiTJointTransformerBlock", "PixelDiTPixelBlock"]
     _repeated_blocks = ["PixelDiTTransformerBlock", "PixelDiTJointTransformerBlock", "PixelDiTPixelBlock"]
     _skip_layerwise_casting_patterns = ["patch_embed", "pixel_embed", "pos_embed", "time_embed", "class_embed", "norm"]
+    # Loaded in float32 whatever the dtype: the embeddings of time (sinusoids of period down to 10/2π) and class, whose
+    # sum conditions every block. Not the RMSNorms: diffusers' RMSNorm returns float32 for a float32 weight, which
+    # would feed float32 activations into the half-precision layers after it (it already reduces in float32).
+    _keep_in_fp32_modules = ["time_embed", "class_embed"]
+    _single_file_kinds = ("c2i", "t2i")
 
     @register_to_config
     def __init__(
@@ -726,8 +735,10 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
         grid_height, grid_width = height // patch_size, width // patch_size
         device = hidden_states.device
 
+        dtype = hidden_states.dtype
         time_proj = time_projection(timestep, batch_size, self.config.timestep_input)
-        temb = self.time_embed(time_proj.to(hidden_states.dtype))  # (B, D)
+        # (B, D), in the embedding's dtype (float32 under `_keep_in_fp32_modules`) until the blocks take it
+        temb = self.time_embed(time_proj.to(self.time_embed.linear_1.weight.dtype))
 
         patch_tokens = self.patch_embed(patchify(hidden_states, patch_size))  # (B, L, D)
         rotary_emb = image_rotary_emb(self.config, self.config.attention_head_dim, grid_height, grid_width, device)
@@ -746,7 +757,7 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
                 device,
             )
             joint_rotary_emb = tuple(torch.cat([t, i]) for t, i in zip(text_rotary_emb, rotary_emb))
-            block_cond = F.silu(temb)
+            block_cond = F.silu(temb).to(dtype)
             for block in self.transformer_blocks:
                 if torch.is_grad_enabled() and self.gradient_checkpointing:
                     text_tokens, patch_tokens = self._gradient_checkpointing_func(
@@ -755,13 +766,13 @@ class PixelDiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cach
                 else:
                     text_tokens, patch_tokens = block(patch_tokens, text_tokens, block_cond, joint_rotary_emb)
         else:
-            block_cond = F.silu(temb + self.class_embed(class_labels))
+            block_cond = F.silu(temb + self.class_embed(class_labels).to(temb.dtype)).to(dtype)
             for block in self.transformer_blocks:
                 if torch.is_grad_enabled() and self.gradient_checkpointing:
                     patch_tokens = self._gradient_checkpointing_func(block, patch_tokens, block_cond, rotary_emb)
                 else:
                     patch_tokens = block(patch_tokens, block_cond, rotary_emb)
-        pixel_cond = F.silu(temb.unsqueeze(1) + patch_tokens)  # (B, L, D): one conditioning vector per patch
+        pixel_cond = F.silu(temb.to(dtype).unsqueeze(1) + patch_tokens)  # (B, L, D): one conditioning vector per patch
 
         # Pixel level: (B, C, H, W) -> (B, L, p², d) with pixels in raster order inside each patch.
         pixel_tokens = self.pixel_embed(hidden_states.permute(0, 2, 3, 1))

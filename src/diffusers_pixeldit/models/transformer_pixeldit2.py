@@ -18,6 +18,7 @@ from diffusers.models.normalization import RMSNorm
 from diffusers.utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
+from ..single_file import FromOfficialModelMixin
 from .transformer_pixeldit import (
     IMAGENET_NUM_CLASSES,
     NORM_EPS,
@@ -204,13 +205,16 @@ class PixelDiT2GroundingProjection(nn.Module):
     def forward(self, grounding_hidden_states, time_proj, rotary_emb) -> torch.Tensor:
         """grounding_hidden_states: (B, N, C_enc) in the compute dtype; time_proj: (B, 256); returns (B, N, D)."""
         hidden_states = self.proj_in(grounding_hidden_states)
-        temb = self.time_embed(time_proj.to(hidden_states.dtype)).unsqueeze(1)
+        time_embed_dtype = self.time_embed.linear_1.weight.dtype  # float32 under `_keep_in_fp32_modules`
+        temb = self.time_embed(time_proj.to(time_embed_dtype)).to(hidden_states.dtype).unsqueeze(1)
         for block in self.blocks:
             hidden_states = block(hidden_states, temb, rotary_emb)
         return self.proj_out(hidden_states)
 
 
-class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+class PixelDiT2Transformer2DModel(
+    ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin, FromOfficialModelMixin
+):
     r"""
     PixelDiT2 ("Representation-Grounded Pixel Diffusion Transformers", NVIDIA): a patch-level DiT in pixel space whose
     every block is modulated per patch by the features a frozen DINOv3 extracts from the noisy input itself, with
@@ -255,6 +259,9 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
     _no_split_modules = ["PixelDiT2TransformerBlock", "PixelDiT2GroundingBlock"]
     _repeated_blocks = ["PixelDiT2TransformerBlock", "PixelDiT2GroundingBlock"]
     _skip_layerwise_casting_patterns = ["patch_embed", "time_embed", "class_embed", "norm"]
+    # Loaded in float32 whatever the dtype (see `PixelDiTTransformer2DModel`; P_g's time embedding included).
+    _keep_in_fp32_modules = ["time_embed", "class_embed"]
+    _single_file_kinds = ("pixeldit2",)
 
     @register_to_config
     def __init__(
@@ -405,8 +412,9 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
         head_dim = config.attention_head_dim
 
         time_proj = time_projection(timestep, batch_size, "one_minus_sigma")
-        temb = self.time_embed(time_proj.to(dtype))  # (B, D)
-        class_emb = self.class_embed(class_labels).unsqueeze(1)  # (B, 1, D)
+        # The conditioning is summed in the embeddings' dtype (float32 under `_keep_in_fp32_modules`), then cast.
+        temb = self.time_embed(time_proj.to(self.time_embed.linear_1.weight.dtype))  # (B, D)
+        class_emb = self.class_embed(class_labels).unsqueeze(1).to(temb.dtype)  # (B, 1, D)
         cond = (temb.unsqueeze(1) + class_emb).expand(-1, num_patches, -1)  # null conditioning, (B, N, D)
         if grounding_hidden_states is not None:
             grounding_head_dim = self.inner_dim // (config.grounding_num_attention_heads or config.num_attention_heads)
@@ -421,6 +429,7 @@ class PixelDiT2Transformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Cac
             )
         if config.silu_conditioning:
             cond = F.silu(cond)
+        cond, class_emb = cond.to(dtype), class_emb.to(dtype)
 
         patch_tokens = self.patch_embed(patchify(hidden_states.to(dtype), config.patch_size))  # (B, N, D)
         rotary_emb = image_rotary_emb(config, head_dim, grid_height, grid_width, device)

@@ -7,12 +7,13 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..models import PixelDiTTransformer2DModel
+from ..single_file import FromOfficialSingleFileMixin
 from .class_conditional import ClassConditionalMixin
 from .denoising import ModelInputs
 from .lora import PixelDiTLoraLoaderMixin
 
 
-class PixelDiTPipeline(DiffusionPipeline, ClassConditionalMixin, PixelDiTLoraLoaderMixin):
+class PixelDiTPipeline(DiffusionPipeline, ClassConditionalMixin, PixelDiTLoraLoaderMixin, FromOfficialSingleFileMixin):
     r"""
     Class-conditional image generation with PixelDiT, directly in pixel space.
 
@@ -27,6 +28,7 @@ class PixelDiTPipeline(DiffusionPipeline, ClassConditionalMixin, PixelDiTLoraLoa
             a call does not give them (a converted checkpoint carries its model card's).
     """
 
+    _single_file_kinds = ("c2i",)
     model_cpu_offload_seq = "transformer"
     _callback_tensor_inputs = ["latents"]
 

@@ -7,12 +7,15 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..models import PixelDiT2Transformer2DModel, encode_grounding
+from ..single_file import FromOfficialSingleFileMixin
 from .class_conditional import ClassConditionalMixin
 from .denoising import ModelInputs
 from .lora import PixelDiTLoraLoaderMixin
 
 
-class PixelDiT2Pipeline(DiffusionPipeline, ClassConditionalMixin, PixelDiTLoraLoaderMixin):
+class PixelDiT2Pipeline(
+    DiffusionPipeline, ClassConditionalMixin, PixelDiTLoraLoaderMixin, FromOfficialSingleFileMixin
+):
     r"""
     Class-conditional image generation with PixelDiT2, directly in pixel space: at every model evaluation the
     grounding encoder (a frozen DINOv3) reads the current noisy image and its tokens condition the transformer.
@@ -37,6 +40,7 @@ class PixelDiT2Pipeline(DiffusionPipeline, ClassConditionalMixin, PixelDiTLoraLo
             a call does not give them (a converted checkpoint carries its model card's).
     """
 
+    _single_file_kinds = ("pixeldit2",)
     model_cpu_offload_seq = "transformer"
     # The encoder runs at every step beside the transformer: offloading one of them would move it at every step.
     _exclude_from_cpu_offload = ["grounding_encoder"]

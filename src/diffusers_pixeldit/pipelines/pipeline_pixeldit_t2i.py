@@ -11,6 +11,7 @@ from diffusers.utils import replace_example_docstring
 
 from ..models import PixelDiTTransformer2DModel
 from ..models.transformer_pixeldit import RELEASE_MAX_TEXT_LENGTH
+from ..single_file import FromOfficialSingleFileMixin
 from .denoising import (
     ModelInputs,
     PixelDiTDenoisingMixin,
@@ -60,7 +61,9 @@ def clean_prompt(prompt: str) -> str:
     return prompt.strip()
 
 
-class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin, PixelDiTLoraLoaderMixin):
+class PixelDiTT2IPipeline(
+    DiffusionPipeline, PixelDiTDenoisingMixin, PixelDiTLoraLoaderMixin, FromOfficialSingleFileMixin
+):
     r"""
     Text-to-image generation with PixelDiT, directly in pixel space.
 
@@ -79,6 +82,7 @@ class PixelDiTT2IPipeline(DiffusionPipeline, PixelDiTDenoisingMixin, PixelDiTLor
             model was trained (the release's by default; `None` or `[]` for none).
     """
 
+    _single_file_kinds = ("t2i",)
     model_cpu_offload_seq = "text_encoder->transformer"
     _optional_components = ["tokenizer", "text_encoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
