@@ -2,6 +2,8 @@
 counting torch.compile's compilations."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -15,6 +17,10 @@ from diffusers_pixeldit import (
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+DEMO = Path(__file__).parents[1] / "scripts" / "demo_digits.py"
+# Installed for the tests (quantization) but not by README's main-job command, and imported by diffusers whenever it
+# is installed: torchao 0.18 then prints the load failures of its CUDA kernels on a CPU machine.
+NOT_IN_THE_MAIN_INSTALL = ("torchao",)
 
 # Tiny configurations used across the tests (random weights).
 TINY_C2I = dict(
@@ -252,3 +258,12 @@ def compiled_only_at_new_batch_sizes(calls: list[tuple[int, int]]) -> bool:
         seen.add(batch_size)
         compiled_before = compiled
     return True
+
+
+def run_demo_as_first_command(*args: str) -> subprocess.CompletedProcess:
+    """`python scripts/demo_digits.py *args` in a fresh process that sees the packages of README's main-job install
+    only: those of `NOT_IN_THE_MAIN_INSTALL` are hidden (`sys.modules[name] = None`: `find_spec` returns None and
+    importing them fails), as on the machine of a new user."""
+    hide = f"import runpy, sys; sys.modules.update(dict.fromkeys({NOT_IN_THE_MAIN_INSTALL!r}))"
+    run = f"sys.argv = {[str(DEMO), *args]!r}; runpy.run_path({str(DEMO)!r}, run_name='__main__')"
+    return subprocess.run([sys.executable, "-c", f"{hide}; {run}"], capture_output=True, text=True)

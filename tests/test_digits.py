@@ -1,11 +1,8 @@
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from pixeldit_testing import run_demo_as_first_command
 from transformers import AutoModel, AutoTokenizer
 
 from diffusers_pixeldit import PixelDiTPipeline, PixelDiTT2IPipeline
@@ -78,9 +75,9 @@ def test_shipped_text_to_image_model_draws_recognisable_digits(classifier):
 
 
 def test_demo_writes_the_grid_and_gif_and_a_benchmark_line_without_warnings(tmp_path):
-    demo = Path(__file__).parents[1] / "scripts" / "demo_digits.py"
-    command = [sys.executable, str(demo), "--output_dir", str(tmp_path), "--images_per_class", "1"]
-    result = subprocess.run([*command, "--num_inference_steps", "2", "--threads", "1"], capture_output=True, text=True)
+    result = run_demo_as_first_command(
+        "--output_dir", str(tmp_path), "--images_per_class", "1", "--num_inference_steps", "2", "--threads", "1"
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert "benchmark: imports" in result.stdout and "speckle pixels per digit" in result.stdout
     assert PIL.Image.open(tmp_path / "digits_grid.png").size[1] == 10 * (32 * 3 + 2)  # a row per class

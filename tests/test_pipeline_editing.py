@@ -1,15 +1,11 @@
 """Image-to-image and inpainting pipelines: the strength start step, the exact known region, inputs and errors."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, UniPCMultistepScheduler
-from pixeldit_testing import tiny_dinov3, tiny_model, tiny_pixeldit2, tiny_text_components
+from pixeldit_testing import run_demo_as_first_command, tiny_dinov3, tiny_model, tiny_pixeldit2, tiny_text_components
 
 from diffusers_pixeldit import (
     PixelDiT2Img2ImgPipeline,
@@ -381,9 +377,9 @@ def test_digits_model_inpaints_and_translates_held_out_digits():
 
 
 def test_demo_inpaint_mode_writes_originals_masks_and_results_without_warnings(tmp_path):
-    demo = Path(__file__).parents[1] / "scripts" / "demo_digits.py"
-    command = [sys.executable, str(demo), "--inpaint", "--output_dir", str(tmp_path), "--num_inference_steps", "2"]
-    result = subprocess.run([*command, "--threads", "1"], capture_output=True, text=True)
+    result = run_demo_as_first_command(
+        "--inpaint", "--output_dir", str(tmp_path), "--num_inference_steps", "2", "--threads", "1"
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert "largest change in the kept upper halves: 0.0" in result.stdout
     picture = PIL.Image.open(tmp_path / "digits_editing.png")
