@@ -12,6 +12,8 @@ the `[unconditional, conditional]` batch of 2B rows and B rows:
 - `torch.compile(transformer, fullgraph=True)`: two compilations, at the first step of each batch size (a graph for
   the first size, then one with a dynamic batch size); afterwards none, whatever the steps, the interval or the
   batch size (of at least 2: dynamo specialises size 1, which gets a graph of its own).
+- `torch.compile(transformer, fullgraph=True, dynamic=True)` takes every image size with the one graph (the 2-D RoPE
+  positions come from `arange`, not from `linspace`, whose step count would be specialised).
 - `transformer.compile_repeated_blocks(fullgraph=True)`: each block class compiles only at the first step of each
   batch size, then never again: a graph per way the model calls it (PixelDiT2: the grounding block, the blocks
   before the in-context tokens join, those after) for the first size, the same with a dynamic batch size at the
@@ -26,6 +28,7 @@ from pixeldit_testing import (
     compiled_only_at_new_batch_sizes,
     record_compilations,
     tiny_dinov3,
+    tiny_inputs,
     tiny_model,
     tiny_pixeldit2,
     tiny_text_components,
@@ -133,6 +136,29 @@ def test_sampling_loop_does_not_synchronize(compiled):
         hook.remove()
     assert synchronizations == []
     assert in_loop and counter.frame_count == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dynamic_compilation_takes_new_image_sizes_without_recompiling(kind):
+    torch._dynamo.reset()
+    model = tiny_pixeldit2(num_layers=2) if kind == "pixeldit2" else tiny_model(kind, num_layers=1, num_pixel_layers=1)
+    counter = CompileCounterWithBackend("eager")
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
+    # Distinct sizes (no duck shapes, as diffusers' `test_compile_on_different_shapes`): grids 2×3, 3×4, 4×2 and 5×5.
+    with torch.no_grad(), torch.fx.experimental._config.patch(use_duck_shape=False):
+        for height, width in [(16, 24), (24, 32), (32, 16), (40, 40)]:
+            if kind == "pixeldit2":
+                inputs = {"hidden_states": torch.randn(2, 3, height, width), "timestep": torch.tensor([500.0, 40.0]),
+                          "class_labels": torch.tensor([2, 5]),
+                          "grounding_hidden_states": torch.randn(2, height * width // 64, 16)}  # fmt: skip
+            else:
+                inputs = tiny_inputs(model, height=height, width=width)
+            with torch._dynamo.config.patch(error_on_recompile=height != 16):
+                out = compiled(**inputs).sample
+            # The traced RoPE positions may differ from eager `linspace` by one float32 ulp.
+            torch.testing.assert_close(out, model(**inputs).sample, rtol=0, atol=1e-5)
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
 
 
 def test_pixeldit2_regional_compilation_compiles_only_at_the_first_step_of_each_batch_size():

@@ -90,6 +90,18 @@ PIXELDIT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _grid_positions(extent: float, size: int, device: torch.device | None) -> torch.Tensor:
+    """`torch.linspace(0, extent, size)` in float32. Under `torch.compile` it is computed as compiled `linspace` computes
+    it (`torch._refs.linspace`: the first half counted up from 0, the rest down from `extent`) but from `arange`, so
+    that `size` stays a dynamic dimension instead of being specialised; it can differ from eager `linspace` by one
+    float32 ulp."""
+    if not torch.compiler.is_compiling() or size == 1:
+        return torch.linspace(0, extent, size, device=device)
+    index = torch.arange(size, device=device, dtype=torch.float32)
+    step = extent / (size - 1)
+    return torch.where(index < size / 2, step * index, extent - step * (size - 1 - index))
+
+
 def get_2d_interleaved_rotary_pos_embed(
     head_dim: int,
     grid_height: int,
@@ -112,8 +124,8 @@ def get_2d_interleaved_rotary_pos_embed(
     """
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 4, device=device)[: head_dim // 4].float() / head_dim))
     pos_y, pos_x = torch.meshgrid(
-        torch.linspace(0, grid_extent, grid_height, device=device),
-        torch.linspace(0, grid_extent, grid_width, device=device),
+        _grid_positions(grid_extent, grid_height, device),
+        _grid_positions(grid_extent, grid_width, device),
         indexing="ij",
     )
     angles = torch.stack([torch.outer(pos_x.reshape(-1), freqs), torch.outer(pos_y.reshape(-1), freqs)], dim=-1)
