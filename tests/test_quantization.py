@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from diffusers import BitsAndBytesConfig, PipelineQuantizationConfig, TorchAoConfig
-from pixeldit_testing import tiny_dinov3, tiny_inputs, tiny_model, tiny_pixeldit2
+from pixeldit_testing import FIXTURES, tiny_dinov3, tiny_inputs, tiny_model, tiny_pixeldit2, tiny_text_components
 
 from diffusers_pixeldit import (
     PixelDiT2Transformer2DModel,
@@ -197,3 +197,163 @@ def test_pixeldit2_pipeline_quantizes_the_transformer_only(tmp_path):
     quantized.set_progress_bar_config(disable=True)
     images = quantized(class_labels=[0], num_inference_steps=2, output_type="latent").images
     assert images.isfinite().all()
+
+
+# ---------------------------------------------------------------- quantized single files: torchao, GGUF
+
+C2I_CHECKPOINT = FIXTURES / "c2i_tiny" / "official_checkpoint.ckpt"
+HAS_GGUF = importlib.util.find_spec("gguf") is not None
+needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="gguf is not installed (pip install gguf)")
+
+
+@needs_torchao
+def test_torchao_single_file_equals_quantized_from_pretrained(tmp_path):
+    PixelDiTPipeline.from_single_file(C2I_CHECKPOINT).save_pretrained(tmp_path)  # the converter's folder
+    model = PixelDiTTransformer2DModel.from_single_file(
+        C2I_CHECKPOINT, quantization_config=TorchAoConfig(int8_weight_only()), dtype=torch.float32
+    )
+    reference = PixelDiTTransformer2DModel.from_pretrained(
+        tmp_path / "transformer", quantization_config=TorchAoConfig(int8_weight_only()), dtype=torch.float32
+    )
+    assert model.is_quantized and quantized_names(model) == quantized_names(reference) != set()
+    assert model.time_embed.linear_1.weight.dtype == torch.float32 and not model.training
+    inputs = tiny_inputs(model, height=16, width=16)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).sample, reference(**inputs).sample)
+
+    def pipeline_config():
+        return PipelineQuantizationConfig(quant_mapping={"transformer": TorchAoConfig(int8_weight_only())})
+
+    pipe = PixelDiTPipeline.from_single_file(
+        C2I_CHECKPOINT, quantization_config=pipeline_config(), dtype=torch.float32
+    )
+    expected = PixelDiTPipeline.from_pretrained(tmp_path, quantization_config=pipeline_config(), dtype=torch.float32)
+    images = []
+    for p in (pipe, expected):
+        p.set_progress_bar_config(disable=True)
+        call = {"class_labels": [1, 2], "num_inference_steps": 3, "output_type": "latent"}
+        images.append(p(generator=torch.Generator().manual_seed(0), **call).images)
+    assert pipe.transformer.is_quantized and torch.equal(*images)
+    with pytest.raises(ValueError, match=r"takes a diffusers PipelineQuantizationConfig \(as from_pretrained\)"):
+        PixelDiTPipeline.from_single_file(C2I_CHECKPOINT, quantization_config=TorchAoConfig(int8_weight_only()))
+    with pytest.raises(ValueError, match=r"takes the model's own quantization config"):
+        PixelDiTTransformer2DModel.from_single_file(C2I_CHECKPOINT, quantization_config=pipeline_config())
+
+
+def write_gguf(state_dict: dict[str, torch.Tensor], path, quant_type_name: str = "Q8_0") -> dict[str, torch.Tensor]:
+    """Writes an official state dict as a GGUF file: the 2-D weights whose rows fill whole quantization blocks in
+    `quant_type_name`, the rest in float32 (as GGUF files of diffusion models are made); returns what the file
+    holds, dequantized as diffusers dequantizes it (in float16, then float32)."""
+    import gguf
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+    quant_type = gguf.GGMLQuantizationType[quant_type_name]
+    block_size, _ = gguf.GGML_QUANT_SIZES[quant_type]
+    writer, stored = gguf.GGUFWriter(str(path), arch="pixeldit"), {}
+    for name, tensor in state_dict.items():
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[1] % block_size == 0:
+            quantized = gguf.quants.quantize(array, quant_type)
+            writer.add_tensor(name, quantized, raw_dtype=quant_type)
+            stored[name] = dequantize_gguf_tensor(GGUFParameter(torch.from_numpy(quantized), quant_type=quant_type))
+        else:
+            writer.add_tensor(name, array)
+            stored[name] = torch.from_numpy(array.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return stored
+
+
+@needs_gguf
+def test_gguf_single_file(tmp_path):
+    from diffusers import GGUFQuantizationConfig
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+    from safetensors.torch import save_file
+
+    from diffusers_pixeldit.conversion import load_official_checkpoint
+
+    state_dict, _ = load_official_checkpoint(C2I_CHECKPOINT)
+    stored = write_gguf(state_dict, tmp_path / "pixeldit-c2i-Q8_0.gguf")
+    save_file({name: tensor.float() for name, tensor in stored.items()}, tmp_path / "dequantized.safetensors")
+    gguf_config = GGUFQuantizationConfig(compute_dtype=torch.float32)
+    model = PixelDiTTransformer2DModel.from_single_file(
+        tmp_path / "pixeldit-c2i-Q8_0.gguf", quantization_config=gguf_config
+    )
+    # the fused q/k/v and SwiGLU tensors of the official layout are split and joined while still quantized
+    quantized = {name for name, param in model.named_parameters() if isinstance(param, GGUFParameter)}
+    assert {model.get_parameter(name).quant_type.name for name in quantized} == {"Q8_0"}
+    assert (
+        "transformer_blocks.0.attn.to_q.weight" in quantized
+        and "transformer_blocks.0.ff.net.0.proj.weight" in quantized
+    )
+    assert isinstance(model.transformer_blocks[0].attn.to_q, GGUFLinear) and model.is_quantized
+    assert not any(kept_in_fp32(model, name) for name in quantized)  # the time/class embeddings: dequantized, fp32
+    assert model.time_embed.linear_1.weight.dtype == torch.float32
+
+    # what the file holds, dequantized, through the unquantized path; and close to the original float32 weights
+    dequantized = PixelDiTTransformer2DModel.from_single_file(tmp_path / "dequantized.safetensors")
+    original = PixelDiTTransformer2DModel.from_single_file(C2I_CHECKPOINT)
+    inputs = tiny_inputs(model, height=16, width=16)
+    with torch.no_grad():
+        output = model(**inputs).sample
+        torch.testing.assert_close(output, dequantized(**inputs).sample, rtol=0, atol=1e-6)
+        expected = original(**inputs).sample
+    assert 0 < (output - expected).abs().max() <= INT8_RELATIVE_TOLERANCE * expected.abs().max()
+
+    pipe = PixelDiTPipeline.from_single_file(
+        tmp_path / "pixeldit-c2i-Q8_0.gguf",
+        quantization_config=PipelineQuantizationConfig(quant_mapping={"transformer": gguf_config}),
+    )
+    reference = PixelDiTPipeline.from_single_file(tmp_path / "dequantized.safetensors")
+    images = []
+    for p in (pipe, reference):
+        p.set_progress_bar_config(disable=True)
+        call = {"class_labels": [1, 2], "num_inference_steps": 3, "output_type": "latent"}
+        images.append(p(generator=torch.Generator().manual_seed(0), **call).images)
+    assert isinstance(pipe.transformer.transformer_blocks[0].attn.to_q, GGUFLinear)
+    torch.testing.assert_close(images[0], images[1], rtol=0, atol=1e-5)
+
+
+@needs_gguf
+def test_gguf_file_without_its_quantization_config_is_refused(tmp_path):
+    from diffusers_pixeldit.conversion import load_official_checkpoint
+
+    write_gguf(load_official_checkpoint(C2I_CHECKPOINT)[0], tmp_path / "model.gguf")
+    with pytest.raises(ValueError, match=r"holds GGUF-quantized tensors: load it with quantization_config="):
+        PixelDiTPipeline.from_single_file(tmp_path / "model.gguf")
+    (tmp_path / "truncated.gguf").write_bytes((tmp_path / "model.gguf").read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"Cannot read .*truncated.gguf as GGUF"):
+        PixelDiTTransformer2DModel.from_single_file(tmp_path / "truncated.gguf")
+
+
+@needs_torchao
+def test_torchao_text_to_image_single_file_quantizes_the_text_encoder_it_loads(tmp_path):
+    from transformers import TorchAoConfig as TransformersTorchAoConfig
+
+    from diffusers_pixeldit import PixelDiTT2IPipeline
+
+    tokenizer, text_encoder = tiny_text_components(width=24)
+    tokenizer.save_pretrained(tmp_path / "text-encoder")
+    text_encoder.save_pretrained(tmp_path / "text-encoder")
+    config = PipelineQuantizationConfig(
+        quant_mapping={
+            "transformer": TorchAoConfig(int8_weight_only()),
+            "text_encoder": TransformersTorchAoConfig(int8_weight_only()),
+        }
+    )
+    checkpoint = FIXTURES / "t2i_tiny" / "official_checkpoint.pth"
+    pipe = PixelDiTT2IPipeline.from_single_file(
+        checkpoint, text_encoder=str(tmp_path / "text-encoder"), quantization_config=config, dtype=torch.float32
+    )
+    assert quantized_names(pipe.transformer) and quantized_names(pipe.text_encoder)
+    reference = PixelDiTT2IPipeline.from_single_file(checkpoint, text_encoder=str(tmp_path / "text-encoder"))
+    images = []
+    for p in (pipe, reference):
+        p.set_progress_bar_config(disable=True)
+        call = {"prompt": ["a cat"], "num_inference_steps": 3, "height": 16, "width": 16, "output_type": "latent"}
+        images.append(p(generator=torch.Generator().manual_seed(0), **call).images)
+    assert 0 < (images[0] - images[1]).abs().max() <= INT8_RELATIVE_TOLERANCE * images[1].abs().max()
+    with pytest.raises(ValueError, match=r"names the text encoder, which is quantized as it loads"):
+        PixelDiTT2IPipeline.from_single_file(checkpoint, quantization_config=config)

@@ -513,7 +513,23 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) == b"GGUF"
+
+
 def _read_checkpoint(path: Path, trust_pickle: bool) -> Any:
+    if _is_gguf(path):
+        from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+        try:  # quantized tensors come as diffusers' `GGUFParameter`s, the F32/F16 ones as plain tensors
+            return load_gguf_checkpoint(path)
+        except ImportError:
+            raise
+        except Exception as error:
+            raise ValueError(
+                f"Cannot read {path} as GGUF (truncated or corrupted?): {_error_summary(error)}"
+            ) from None
     if _is_safetensors(path):
         try:
             return load_file(path)
@@ -672,10 +688,56 @@ def _preset_config(model_class: type, presets: dict, name: str, inferred: dict[s
     return config
 
 
+def _logical_shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state_dict` with each GGUF-quantized tensor (stored as bytes) replaced by a meta tensor of the shape it
+    stands for, for reading the architecture."""
+    return {
+        key: torch.empty(tensor.quant_shape, device="meta") if hasattr(tensor, "quant_shape") else tensor
+        for key, tensor in state_dict.items()
+    }
+
+
+def _quantized_model(
+    model_class: type, config: dict[str, Any], state_dict: dict[str, torch.Tensor], quantization_config, dtype
+):
+    """`model_class(**config)` holding `state_dict` (diffusers names), quantized by `quantization_config` as
+    diffusers' `from_pretrained` / `from_single_file` quantize: the quantizer's modules replace the layers on the meta
+    device, then `load_model_dict_into_meta` quantizes each weight as it is loaded (on the CPU);
+    `_keep_in_fp32_modules` stay in float32 where the quantizer allows it."""
+    from accelerate import init_empty_weights
+    from diffusers.models.model_loading_utils import load_model_dict_into_meta
+    from diffusers.quantizers import DiffusersAutoQuantizer
+
+    # GGUF tensors come quantized; official weights are quantized here
+    pre_quantized = any(hasattr(tensor, "quant_type") for tensor in state_dict.values())
+    quantizer = DiffusersAutoQuantizer.from_config(quantization_config, pre_quantized=pre_quantized)
+    quantizer.validate_environment()
+    dtype = quantizer.update_torch_dtype(dtype)
+    state_dict = quantizer.maybe_update_state_dict(state_dict)
+    keep = list(model_class._keep_in_fp32_modules or []) if quantizer.use_keep_in_fp32_modules else []
+    with init_empty_weights():
+        model = model_class.from_config(config)
+    quantizer.preprocess_model(model=model, device_map=None, state_dict=state_dict, keep_in_fp32_modules=keep)
+    load_model_dict_into_meta(
+        model,
+        state_dict,
+        dtype=dtype,
+        device_map={"": torch.device("cpu")},
+        hf_quantizer=quantizer,
+        keep_in_fp32_modules=keep,
+        unexpected_keys=[],
+    )
+    quantizer.postprocess_model(model)
+    model.hf_quantizer = quantizer
+    return model.eval()
+
+
 def transformer_from_official_state_dict(
     state_dict: dict[str, torch.Tensor],
     preset: str | None = None,
     num_attention_heads: int | None = None,
+    quantization_config=None,
+    dtype: torch.dtype | None = None,
     **config_overrides,
 ) -> PixelDiTTransformer2DModel | PixelDiT2Transformer2DModel:
     """The model (`PixelDiTTransformer2DModel`, or `PixelDiT2Transformer2DModel` for a PixelDiT2 layout) holding the
@@ -691,16 +753,29 @@ def transformer_from_official_state_dict(
             grounding encoder, see `split_grounding_encoder`).
         preset (`str`, *optional*): e.g. `"PixelDiT-XL"`; an error names every setting the tensors contradict.
         num_attention_heads (`int`, *optional*): checked against the head count the tensors imply.
+        quantization_config (*optional*): a diffusers quantization config (`TorchAoConfig`, `BitsAndBytesConfig`,
+            `GGUFQuantizationConfig`, ...): the weights are quantized as they load (see `_quantized_model`). GGUF
+            files (their quantized tensors) need `GGUFQuantizationConfig`.
+        dtype (`torch.dtype`, *optional*): with `quantization_config`, the dtype of the weights left unquantized
+            (default: the quantizer's; without it the tensors are taken as they are).
         config_overrides: settings the tensors do not determine, e.g. `sample_size` (PixelDiT2: also
             `in_context_start`, `silu_conditioning`, `noise_scale`).
 
     Raises:
         ValueError: if the preset or head count disagrees, or any tensor is unexpected, missing or mis-shaped (all are
-            listed).
+            listed), or GGUF-quantized tensors come without a GGUF quantization config.
     """
+    gguf_quantized = any(hasattr(tensor, "quant_type") for tensor in state_dict.values())
+    method = getattr(quantization_config, "quant_method", None)
+    if gguf_quantized and getattr(method, "value", method) != "gguf":
+        raise ValueError(
+            "The checkpoint holds GGUF-quantized tensors: load it with "
+            "quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=...)."
+        )
+    shapes = _logical_shapes(state_dict)
     if _layout(state_dict, ours=False) is _PIXELDIT2_LAYOUT:
         model_class, presets = PixelDiT2Transformer2DModel, PIXELDIT2_PRESETS
-        config = infer_pixeldit2_config_from_official_state_dict(state_dict)
+        config = infer_pixeldit2_config_from_official_state_dict(shapes)
         if num_attention_heads is not None and num_attention_heads != config["num_attention_heads"]:
             raise ValueError(
                 f"num_attention_heads={num_attention_heads} disagrees with the checkpoint's "
@@ -710,11 +785,12 @@ def transformer_from_official_state_dict(
             config["in_context_start"] = _pixeldit2_in_context_start(config)
     else:
         model_class, presets = PixelDiTTransformer2DModel, PIXELDIT_PRESETS
-        config = infer_config_from_official_state_dict(state_dict, num_attention_heads)
+        config = infer_config_from_official_state_dict(shapes, num_attention_heads)
     if preset is not None:
         config = _preset_config(model_class, presets, preset, config)
     config.update(config_overrides)
     converted = official_to_diffusers_state_dict(state_dict)
+    converted_shapes = _logical_shapes(converted)
     with torch.device("meta"):
         model = model_class(**config)
     expected = model.state_dict()
@@ -722,14 +798,16 @@ def transformer_from_official_state_dict(
         "unexpected": sorted(converted.keys() - expected.keys()),
         "missing": sorted(expected.keys() - converted.keys()),
         "mis-shaped": [
-            f"{key} {tuple(converted[key].shape)} (expected {tuple(expected[key].shape)})"
+            f"{key} {tuple(converted_shapes[key].shape)} (expected {tuple(expected[key].shape)})"
             for key in sorted(converted.keys() & expected.keys())
-            if converted[key].shape != expected[key].shape
+            if converted_shapes[key].shape != expected[key].shape
         ],
     }
     if any(problems.values()):
         listed = "; ".join(f"{len(keys)} {name}: {keys}" for name, keys in problems.items() if keys)
         raise ValueError(f"The checkpoint's tensors do not fit the model they describe (diffusers names): {listed}.")
+    if quantization_config is not None:
+        return _quantized_model(model_class, model.config, converted, quantization_config, dtype)
     model.load_state_dict(converted, strict=True, assign=True)
     return model.eval()
 
@@ -994,9 +1072,12 @@ def resolve_checkpoint_file(
         ) from error
 
 
-def load_text_components(name_or_path: str | Path, text_embed_dim: int, dtype: torch.dtype | None = None):
+def load_text_components(
+    name_or_path: str | Path, text_embed_dim: int, dtype: torch.dtype | None = None, quantization_config=None
+):
     """`(tokenizer, text_encoder)`: the tokenizer (right padding) and base model (e.g. `Gemma2Model`, the decoder of a
-    causal LM) of a transformers text encoder folder or Hub id, whose hidden size must be `text_embed_dim`."""
+    causal LM) of a transformers text encoder folder or Hub id, whose hidden size must be `text_embed_dim`;
+    `quantization_config`: a transformers one, applied as it loads."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     width = getattr(AutoConfig.from_pretrained(name_or_path).get_text_config(), "hidden_size", None)
@@ -1006,7 +1087,7 @@ def load_text_components(name_or_path: str | Path, text_embed_dim: int, dtype: t
             f"width {text_embed_dim}."
         )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, padding_side="right")
-    text_encoder = AutoModel.from_pretrained(name_or_path, dtype=dtype).eval()
+    text_encoder = AutoModel.from_pretrained(name_or_path, dtype=dtype, quantization_config=quantization_config).eval()
     logger.info(f"Text encoder: {type(text_encoder).__name__} from {name_or_path}")
     return tokenizer, text_encoder
 
@@ -1051,6 +1132,7 @@ def official_transformer(
     resolution: int | None = None,
     recipe_overrides: dict[str, Any] | None = None,
     transformer_overrides: dict[str, Any] | None = None,
+    quantization_config=None,
 ) -> tuple[PixelDiTTransformer2DModel | PixelDiT2Transformer2DModel, dict[str, Any], list[str]]:
     """`(transformer, recipe, overridden)` of a bare official state dict (`load_official_checkpoint`): the
     architecture from the tensors (a PixelDiT2 grounding encoder's tensors are left aside), the sampling recipe from
@@ -1066,6 +1148,8 @@ def official_transformer(
         recipe_overrides (`dict`, *optional*): entries of `RECIPE_OVERRIDES` that replace the recipe's.
         transformer_overrides (`dict`, *optional*): PixelDiT2 settings the tensors do not hold
             (`PIXELDIT2_OVERRIDES`).
+        quantization_config (*optional*): a diffusers quantization config the weights are quantized with as they
+            load (`dtype`: the unquantized weights'); see `transformer_from_official_state_dict`.
 
     Raises:
         ValueError: for options that do not fit the checkpoint, and the errors of
@@ -1083,7 +1167,7 @@ def official_transformer(
     user_resolution = resolution
     if kind == "pixeldit2":
         state_dict, _ = split_grounding_encoder(state_dict)
-        width = infer_pixeldit2_config_from_official_state_dict(state_dict)["grounding_embed_dim"]
+        width = infer_pixeldit2_config_from_official_state_dict(_logical_shapes(state_dict))["grounding_embed_dim"]
         # the 512 px release grounds with the 768-wide DINOv3 ViT-B/16
         if resolution is None and not re.search(r"(?<!\d)(256|512)(?!\d)", Path(file_name).name):
             resolution = 512 if width == 768 else None
@@ -1092,12 +1176,14 @@ def official_transformer(
     overridden = (["resolution"] if user_resolution is not None else []) + [
         name for name in (*RECIPE_OVERRIDES, *PIXELDIT2_OVERRIDES) if name in recipe_overrides | transformer_overrides
     ]
-    if dtype is not None:
+    if dtype is not None and quantization_config is None:
         state_dict = {key: tensor.to(dtype) for key, tensor in state_dict.items()}
     transformer = transformer_from_official_state_dict(
         state_dict,
         preset,
         num_attention_heads,
+        quantization_config,
+        dtype,
         sample_size=recipe["sample_size"],
         **{**recipe["transformer"], **transformer_overrides},
     )
@@ -1136,7 +1222,7 @@ def official_components(
     encoder = None
     if kind == "pixeldit2":
         denoiser, encoder_weights = split_grounding_encoder(state_dict)
-        width = infer_pixeldit2_config_from_official_state_dict(denoiser)["grounding_embed_dim"]
+        width = infer_pixeldit2_config_from_official_state_dict(_logical_shapes(denoiser))["grounding_embed_dim"]
         if encoder_weights is not None and grounding_encoder is not None:
             raise ValueError(
                 "The checkpoint holds its grounding encoder: drop --grounding_encoder (grounding_encoder=)."

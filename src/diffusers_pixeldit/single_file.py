@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import PipelineQuantizationConfig
 from diffusers.utils import logging
 from huggingface_hub.utils import validate_hf_hub_args
 
@@ -31,7 +32,8 @@ KIND_CLASSES = {
 }
 _DOCUMENTED_OPTIONS = """
             pretrained_model_link_or_path_or_dict (`str`, `os.PathLike` or `dict`): an official checkpoint
-                (`.ckpt`, `.pth`, `.bin` or `.safetensors`): a local file, a Hub file link
+                (`.ckpt`, `.pth`, `.bin`, `.safetensors`, or `.gguf` with GGUF-quantized or plain tensors in the
+                official layout): a local file, a Hub file link
                 (`https://huggingface.co/<repo_id>/blob/main/<file>`), a repo id with `weight_name`, or a checkpoint
                 already loaded (a dict).
             weight_name, subfolder, revision, cache_dir, force_download, proxies, local_files_only, token: where and
@@ -43,6 +45,10 @@ _DOCUMENTED_OPTIONS = """
             dtype / torch_dtype (`torch.dtype`, *optional*): as in `from_pretrained`: the weights in this dtype,
                 `_keep_in_fp32_modules` in float32.
             device (`str` or `torch.device`, *optional*): where the weights go (default CPU).
+            quantization_config (*optional*): the transformer's weights quantized as they load, as in
+                `from_pretrained`: a diffusers config (`TorchAoConfig`, `BitsAndBytesConfig`,
+                `GGUFQuantizationConfig` — which GGUF files need) for the model; a `PipelineQuantizationConfig` for
+                a pipeline (its `transformer` entry, and `text_encoder` for a text encoder given as a path or id).
             preset, num_attention_heads: checked against the architecture the tensors give.
             resolution (`int`, *optional*): default image side (`sample_size`); the file name's by default.
             in_context_start, silu_conditioning, noise_scale: PixelDiT2 settings the tensors do not hold (the
@@ -151,18 +157,21 @@ class FromOfficialModelMixin:
             >>> transformer = PixelDiTTransformer2DModel.from_single_file(url, dtype=torch.bfloat16)
             ```
         """
-        from .conversion import official_transformer
-
         kwargs = dict(kwargs)
         state_dict, kind, file_name = _read_official_checkpoint(
             cls, pretrained_model_link_or_path_or_dict, cls._single_file_kinds, 0, kwargs
         )
         dtype, device = _pop_dtype(kwargs), kwargs.pop("device", None)
+        quantization_config = kwargs.pop("quantization_config", None)
+        if isinstance(quantization_config, PipelineQuantizationConfig):
+            raise ValueError(
+                f"{cls.__name__}.from_single_file takes the model's own quantization config (e.g. TorchAoConfig); "
+                "a PipelineQuantizationConfig is for pipelines."
+            )
         options = _conversion_options(kwargs)
         options.pop("recipe_overrides")
         _check_no_options_left(cls, kwargs)
-        transformer, _, _ = official_transformer(state_dict, kind, file_name, **options)
-        _cast_like_from_pretrained(transformer, dtype)
+        transformer = _official_transformer(state_dict, kind, file_name, options, dtype, quantization_config)
         return transformer.to(device) if device is not None else transformer
 
     from_single_file.__func__.__doc__ = from_single_file.__func__.__doc__.format(options=_DOCUMENTED_OPTIONS)
@@ -214,6 +223,12 @@ class FromOfficialSingleFileMixin:
         )
         dtype = _pop_dtype(kwargs)
         device = kwargs.pop("device", None)
+        quantization_config = kwargs.pop("quantization_config", None)
+        if quantization_config is not None and not isinstance(quantization_config, PipelineQuantizationConfig):
+            raise ValueError(
+                f"{cls.__name__}.from_single_file takes a diffusers PipelineQuantizationConfig (as from_pretrained), "
+                f"got {type(quantization_config).__name__}."
+            )
         options = _conversion_options(kwargs)
         if kind == "pixeldit2":
             options["grounding_encoder"] = kwargs.pop("grounding_encoder", None)
@@ -224,18 +239,43 @@ class FromOfficialSingleFileMixin:
         init_parameters = set(cls._get_signature_keys(cls)[0]) | set(cls._get_signature_keys(cls)[1])
         _check_no_options_left(cls, {k: v for k, v in kwargs.items() if k not in init_parameters})
 
+        transformer_quantization = text_encoder_quantization = None
+        if quantization_config is not None:
+            transformer_quantization = quantization_config._resolve_quant_config(True, "transformer")
+            text_encoder_quantization = quantization_config._resolve_quant_config(False, "text_encoder")
+            if text_encoder_quantization is not None and not isinstance(text_encoder, (str, Path)):
+                raise ValueError(
+                    "The quantization config names the text encoder, which is quantized as it loads: give "
+                    "text_encoder= as a folder or Hub id (or quantize the component you pass yourself)."
+                )
+        if transformer_quantization is not None:  # the unquantized weights load in `dtype` (else cast below)
+            options.update(dtype=dtype, quantization_config=transformer_quantization)
         components = official_components(state_dict, kind, file_name, **options)
-        _cast_like_from_pretrained(components.transformer, dtype)
+        if transformer_quantization is None:
+            _cast_like_from_pretrained(components.transformer, dtype)
         components = components._replace(grounding_encoder=_cast(components.grounding_encoder, dtype))
         if isinstance(text_encoder, (str, Path)):
             loaded_tokenizer, text_encoder = load_text_components(
-                text_encoder, components.transformer.config.text_embed_dim, dtype
+                text_encoder, components.transformer.config.text_embed_dim, dtype, text_encoder_quantization
             )
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         pipe = official_pipeline(components, cls, tokenizer, _cast(text_encoder, dtype), **kwargs)
         return pipe.to(device) if device is not None else pipe
 
     from_single_file.__func__.__doc__ = from_single_file.__func__.__doc__.format(options=_DOCUMENTED_OPTIONS)
+
+
+def _official_transformer(state_dict, kind: str, file_name: str, options: dict, dtype, quantization_config):
+    """The converted transformer of `from_single_file`: in `dtype` as `from_pretrained(dtype=)` loads it, or
+    quantized by `quantization_config` as it loads."""
+    from .conversion import official_transformer
+
+    if quantization_config is not None:
+        options = {**options, "dtype": dtype, "quantization_config": quantization_config}
+    transformer, _, _ = official_transformer(state_dict, kind, file_name, **options)
+    if quantization_config is None:
+        _cast_like_from_pretrained(transformer, dtype)
+    return transformer
 
 
 def _cast(module, dtype: torch.dtype | None):
