@@ -357,3 +357,26 @@ def test_torchao_text_to_image_single_file_quantizes_the_text_encoder_it_loads(t
     assert 0 < (images[0] - images[1]).abs().max() <= INT8_RELATIVE_TOLERANCE * images[1].abs().max()
     with pytest.raises(ValueError, match=r"names the text encoder, which is quantized as it loads"):
         PixelDiTT2IPipeline.from_single_file(checkpoint, quantization_config=config)
+
+
+@needs_gguf
+@pytest.mark.parametrize("checkpoint", ["t2i_tiny/official_checkpoint.pth", "pixeldit2_tiny/official_checkpoint.ckpt"])
+def test_gguf_text_to_image_and_pixeldit2_transformers(tmp_path, checkpoint):
+    from diffusers import GGUFQuantizationConfig
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+    from safetensors.torch import save_file
+
+    from diffusers_pixeldit.conversion import load_official_checkpoint
+
+    state_dict, kind = load_official_checkpoint(FIXTURES / checkpoint)
+    stored = write_gguf(state_dict, tmp_path / "model.gguf")
+    save_file({name: tensor.float() for name, tensor in stored.items()}, tmp_path / "dequantized.safetensors")
+    model_class, _, make_inputs = MODELS[kind]
+    config = GGUFQuantizationConfig(compute_dtype=torch.float32)
+    options = {"in_context_start": 1} if kind == "pixeldit2" else {}  # the fixture's (not in its tensors)
+    model = model_class.from_single_file(tmp_path / "model.gguf", quantization_config=config, **options)
+    assert any(isinstance(param, GGUFParameter) for param in model.parameters())
+    reference = model_class.from_single_file(tmp_path / "dequantized.safetensors", **options)
+    inputs = make_inputs(reference) if kind == "pixeldit2" else tiny_inputs(reference, height=16, width=16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).sample, reference(**inputs).sample, rtol=0, atol=1e-6)

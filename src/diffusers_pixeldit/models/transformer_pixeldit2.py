@@ -408,7 +408,7 @@ class PixelDiT2Transformer2DModel(
             )
         if grounding_mask is not None and (grounding_hidden_states is None or grounding_mask.shape != (batch_size,)):
             raise ValueError(f"`grounding_mask` must be ({batch_size},) booleans, with `grounding_hidden_states`.")
-        device, dtype = hidden_states.device, self.patch_embed.weight.dtype
+        device, dtype = hidden_states.device, self.dtype  # the compute dtype (quantized weights: not theirs)
         head_dim = config.attention_head_dim
 
         time_proj = time_projection(timestep, batch_size, "one_minus_sigma")
