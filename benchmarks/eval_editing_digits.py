@@ -2,6 +2,7 @@
 
     python benchmarks/eval_editing_digits.py                 # both models, 10 held-out digits per class
     python benchmarks/eval_editing_digits.py --per_class 2   # a quick look
+    python benchmarks/eval_editing_digits.py --other_class_guidance_scales 4 6   # other-class inpainting, higher CFG
 
 For each model (class-conditional and text-to-image, with their shipped recipe: the model card's sampler, steps, CFG
 scale and interval), on the first `--per_class` held-out digits of each class (`diffusers_pixeldit.digits`):
@@ -12,7 +13,8 @@ and the classifier (`DigitClassifier`, PCA + RBF SVM, 99.2 % on the held-out dig
 fraction recognised as the requested class. Beside it: how often the result is still read as the original digit,
 and that the kept upper half equals the input exactly (the largest uint8 difference there, 0 expected). A reference
 without a model says how often the task can succeed at all: the digits with the lower half of a real held-out c
-pasted in (a "chimera"), read as c.
+pasted in (a "chimera"), read as c; and an oracle: the share of digits for which at least one of the training
+split's c digits, its lower half pasted in, is read as c (the best a single lower half can do).
 Writes `editing_digits.json` and `editing_digits.md` to --output_dir (through a temporary file, then renamed).
 """
 
@@ -65,6 +67,13 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["c2i", "t2i"], choices=["c2i", "t2i"])
     parser.add_argument("--per_class", type=int, default=10, help="Held-out digits per class (100 in all).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--other_class_guidance_scales",
+        nargs="+",
+        type=float,
+        default=[],
+        help="Also inpaint another class at these CFG scales (the recipe's interval), one row each.",
+    )
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
 
@@ -81,8 +90,16 @@ def main(argv=None):
     chimeras = originals.copy()
     chimeras[:, IMAGE_SIZE // 2 :] = donors[:, IMAGE_SIZE // 2 :]
     chimera_accuracy = float((classifier.predict(chimeras) == targets).mean())
+    train_images, train_labels = load_digit_splits()["train"]
+    oracle = []
+    for original, target in zip(originals, targets):
+        candidates = np.repeat(original[None], (train_labels == target).sum(), axis=0)
+        candidates[:, IMAGE_SIZE // 2 :] = train_images[train_labels == target][:, IMAGE_SIZE // 2 :]
+        oracle.append(bool((classifier.predict(candidates) == target).any()))
+    oracle_accuracy = float(np.mean(oracle))
     print(f"{len(labels)} held-out digits, classifier {original_accuracy:.1%} on them")
-    print(f"reference: upper half kept, the lower half of a real c pasted in: read as c {chimera_accuracy:.1%}\n")
+    print(f"reference: upper half kept, the lower half of a real c pasted in: read as c {chimera_accuracy:.1%}")
+    print(f"oracle: the best real c lower half of the training split: read as c {oracle_accuracy:.1%}\n")
 
     rows = []
     print("| model | task | recognised as requested | still read as the original | kept half max diff | s/image |")
@@ -97,6 +114,8 @@ def main(argv=None):
             "inpaint_other": (inpaint, targets, {"mask_image": mask}),
             "img2img_0.6": (img2img, targets, {"strength": 0.6}),
         }
+        for scale in args.other_class_guidance_scales:
+            calls[f"inpaint_other_cfg{scale:g}"] = (inpaint, targets, {"mask_image": mask, "guidance_scale": scale})
         for task, (pipe, requested, extra) in calls.items():
             generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels))]
             start = time.perf_counter()
@@ -117,7 +136,7 @@ def main(argv=None):
             rows.append(row)
             kept = "–" if kept_difference is None else str(kept_difference)
             print(
-                f"| {kind} | {TASKS[task]} | {row['requested']:.0%} | {row['original']:.0%} | {kept} | {seconds:.3f} |"
+                f"| {kind} | {task_name(task)} | {row['requested']:.0%} | {row['original']:.0%} | {kept} | {seconds:.3f} |"
             )
         recipe = base.config
         rows[-1]["recipe"] = {
@@ -127,7 +146,7 @@ def main(argv=None):
 
     summary = dict(
         digits=len(labels), per_class=args.per_class, classifier_accuracy_on_originals=original_accuracy,
-        chimera_read_as_c=chimera_accuracy, threads=torch.get_num_threads(), rows=rows,
+        chimera_read_as_c=chimera_accuracy, oracle_read_as_c=oracle_accuracy, threads=torch.get_num_threads(), rows=rows,
     )  # fmt: skip
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write(args.output_dir / "editing_digits.json", json.dumps(summary, indent=1))
@@ -144,7 +163,10 @@ def table(summary: dict) -> str:
         "| task | target | class-conditional | text-to-image |\n|---|---:|---:|---:|\n"
     )
     targets = {"inpaint_own": "≥ 90 %", "inpaint_other": "≥ 70 %", "img2img_0.6": "≥ 80 %"}
-    for task, name in TASKS.items():
+    other_scales = list(dict.fromkeys(r["task"] for r in summary["rows"] if r["task"] not in TASKS))
+    tasks = ["inpaint_own", "inpaint_other", *other_scales, "img2img_0.6"]
+    for task in tasks:
+        name = task_name(task)
         cells = []
         for kind in ("c2i", "t2i"):
             row = next((r for r in summary["rows"] if (r["model"], r["task"]) == (kind, task)), None)
@@ -157,11 +179,22 @@ def table(summary: dict) -> str:
                 else f", kept half {row['kept_half_max_uint8_difference']}"
             )
             cells.append(f"{100 * row['requested']:.0f} % ({100 * row['original']:.0f} %{kept})")
-        text += f"| {name} | {targets[task]} | " + " | ".join(cells) + " |\n"
+        text += f"| {name} | {targets.get(task, targets['inpaint_other'])} | " + " | ".join(cells) + " |\n"
         if task == "inpaint_other":
             chimera = f"{100 * summary['chimera_read_as_c']:.0f} %"
             text += f"| reference, no model: the lower half of a real c pasted in | – | {chimera} | {chimera} |\n"
+            oracle = f"{100 * summary['oracle_read_as_c']:.0f} %"
+            text += (
+                "| oracle, no model: the best of the training split's c lower halves (any read as c) | – | "
+                f"{oracle} | {oracle} |\n"
+            )
     return text
+
+
+def task_name(task: str) -> str:
+    if task.startswith("inpaint_other_cfg"):
+        return f"{TASKS['inpaint_other']}, CFG {task.removeprefix('inpaint_other_cfg')}"
+    return TASKS[task]
 
 
 def write(path: Path, text: str):
