@@ -206,6 +206,16 @@ HAS_GGUF = importlib.util.find_spec("gguf") is not None
 needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="gguf is not installed (pip install gguf)")
 
 
+def sample_each(pipes, **condition) -> list[torch.Tensor]:
+    """The latents each pipeline samples in 3 steps from the same seed."""
+    images = []
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+        call = {"num_inference_steps": 3, "output_type": "latent", **condition}
+        images.append(pipe(generator=torch.Generator().manual_seed(0), **call).images)
+    return images
+
+
 @needs_torchao
 def test_torchao_single_file_equals_quantized_from_pretrained(tmp_path):
     PixelDiTPipeline.from_single_file(C2I_CHECKPOINT).save_pretrained(tmp_path)  # the converter's folder
@@ -228,11 +238,7 @@ def test_torchao_single_file_equals_quantized_from_pretrained(tmp_path):
         C2I_CHECKPOINT, quantization_config=pipeline_config(), dtype=torch.float32
     )
     expected = PixelDiTPipeline.from_pretrained(tmp_path, quantization_config=pipeline_config(), dtype=torch.float32)
-    images = []
-    for p in (pipe, expected):
-        p.set_progress_bar_config(disable=True)
-        call = {"class_labels": [1, 2], "num_inference_steps": 3, "output_type": "latent"}
-        images.append(p(generator=torch.Generator().manual_seed(0), **call).images)
+    images = sample_each([pipe, expected], class_labels=[1, 2])
     assert pipe.transformer.is_quantized and torch.equal(*images)
     with pytest.raises(ValueError, match=r"takes a diffusers PipelineQuantizationConfig \(as from_pretrained\)"):
         PixelDiTPipeline.from_single_file(C2I_CHECKPOINT, quantization_config=TorchAoConfig(int8_weight_only()))
@@ -307,11 +313,7 @@ def test_gguf_single_file(tmp_path):
         quantization_config=PipelineQuantizationConfig(quant_mapping={"transformer": gguf_config}),
     )
     reference = PixelDiTPipeline.from_single_file(tmp_path / "dequantized.safetensors")
-    images = []
-    for p in (pipe, reference):
-        p.set_progress_bar_config(disable=True)
-        call = {"class_labels": [1, 2], "num_inference_steps": 3, "output_type": "latent"}
-        images.append(p(generator=torch.Generator().manual_seed(0), **call).images)
+    images = sample_each([pipe, reference], class_labels=[1, 2])
     assert isinstance(pipe.transformer.transformer_blocks[0].attn.to_q, GGUFLinear)
     torch.testing.assert_close(images[0], images[1], rtol=0, atol=1e-5)
 
@@ -349,11 +351,7 @@ def test_torchao_text_to_image_single_file_quantizes_the_text_encoder_it_loads(t
     )
     assert quantized_names(pipe.transformer) and quantized_names(pipe.text_encoder)
     reference = PixelDiTT2IPipeline.from_single_file(checkpoint, text_encoder=str(tmp_path / "text-encoder"))
-    images = []
-    for p in (pipe, reference):
-        p.set_progress_bar_config(disable=True)
-        call = {"prompt": ["a cat"], "num_inference_steps": 3, "height": 16, "width": 16, "output_type": "latent"}
-        images.append(p(generator=torch.Generator().manual_seed(0), **call).images)
+    images = sample_each([pipe, reference], prompt=["a cat"], height=16, width=16)
     assert 0 < (images[0] - images[1]).abs().max() <= INT8_RELATIVE_TOLERANCE * images[1].abs().max()
     with pytest.raises(ValueError, match=r"names the text encoder, which is quantized as it loads"):
         PixelDiTT2IPipeline.from_single_file(checkpoint, quantization_config=config)
