@@ -698,18 +698,22 @@ def _logical_shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def _quantized_model(
-    model_class: type, config: dict[str, Any], state_dict: dict[str, torch.Tensor], quantization_config, dtype
+    model_class: type,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    quantization_config,
+    dtype,
+    pre_quantized: bool,
 ):
     """`model_class(**config)` holding `state_dict` (diffusers names), quantized by `quantization_config` as
     diffusers' `from_pretrained` / `from_single_file` quantize: the quantizer's modules replace the layers on the meta
     device, then `load_model_dict_into_meta` quantizes each weight as it is loaded (on the CPU);
-    `_keep_in_fp32_modules` stay in float32 where the quantizer allows it."""
+    `_keep_in_fp32_modules` stay in float32 where the quantizer allows it. `pre_quantized`: the tensors come
+    quantized (GGUF); otherwise the official weights are quantized here."""
     from accelerate import init_empty_weights
     from diffusers.models.model_loading_utils import load_model_dict_into_meta
     from diffusers.quantizers import DiffusersAutoQuantizer
 
-    # GGUF tensors come quantized; official weights are quantized here
-    pre_quantized = any(hasattr(tensor, "quant_type") for tensor in state_dict.values())
     quantizer = DiffusersAutoQuantizer.from_config(quantization_config, pre_quantized=pre_quantized)
     quantizer.validate_environment()
     dtype = quantizer.update_torch_dtype(dtype)
@@ -807,7 +811,7 @@ def transformer_from_official_state_dict(
         listed = "; ".join(f"{len(keys)} {name}: {keys}" for name, keys in problems.items() if keys)
         raise ValueError(f"The checkpoint's tensors do not fit the model they describe (diffusers names): {listed}.")
     if quantization_config is not None:
-        return _quantized_model(model_class, model.config, converted, quantization_config, dtype)
+        return _quantized_model(model_class, model.config, converted, quantization_config, dtype, gguf_quantized)
     model.load_state_dict(converted, strict=True, assign=True)
     return model.eval()
 
