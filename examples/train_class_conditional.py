@@ -229,6 +229,15 @@ def parse_args(input_args=None):
         "--training_shift", type=float, default=1.0, help="σ = shift·u / (1 + (shift − 1)·u); 1.0 as the paper."
     )
     parser.add_argument(
+        "--noise_outlier_prob",
+        type=float,
+        default=0.0,
+        help="Share of the noise elements scaled by --noise_outlier_scale, so the model learns to cancel extreme noise.",
+    )
+    parser.add_argument(
+        "--noise_outlier_scale", type=float, default=1.0, help="Scale of the outlier noise elements (e.g. 2.5)."
+    )
+    parser.add_argument(
         "--class_dropout_prob",
         type=float,
         default=0.1,
@@ -401,6 +410,8 @@ def main(args):
         # PixelDiT2: its trained noise scale, and the official loss on the clamped velocity
         noise_scale=getattr(transformer.config, "noise_scale", 1.0),
         velocity_clamp_min_sigma=getattr(transformer.config, "velocity_clamp_min_sigma", 0.0),
+        noise_outlier_prob=args.noise_outlier_prob,
+        noise_outlier_scale=args.noise_outlier_scale,
     )
     train_dataset = training.FlowMatchingDataset(
         dataset,

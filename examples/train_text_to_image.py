@@ -282,6 +282,15 @@ def parse_args(input_args=None):
         help="σ = shift·u / (1 + (shift − 1)·u); the release: 3.0 at 512², 4.0 at 1024².",
     )
     parser.add_argument(
+        "--noise_outlier_prob",
+        type=float,
+        default=0.0,
+        help="Share of the noise elements scaled by --noise_outlier_scale, so the model learns to cancel extreme noise.",
+    )
+    parser.add_argument(
+        "--noise_outlier_scale", type=float, default=1.0, help="Scale of the outlier noise elements (e.g. 2.5)."
+    )
+    parser.add_argument(
         "--proportion_empty_prompts",
         type=float,
         default=0.1,
@@ -445,7 +454,13 @@ def main(args):
         buckets = training.aspect_ratio_buckets(args.aspect_ratio_buckets, args.resolution, patch_size)
     sizes, groups = training.group_by_size(dataset, args.image_column, args.resolution, patch_size, buckets)
     objective = training.FlowMatchingObjective(
-        args.weighting_scheme, args.logit_mean, args.logit_std, args.mode_scale, args.training_shift
+        args.weighting_scheme,
+        args.logit_mean,
+        args.logit_std,
+        args.mode_scale,
+        args.training_shift,
+        noise_outlier_prob=args.noise_outlier_prob,
+        noise_outlier_scale=args.noise_outlier_scale,
     )
     train_dataset = training.FlowMatchingDataset(
         dataset,

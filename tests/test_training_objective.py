@@ -39,6 +39,23 @@ def test_logit_normal_u_has_the_requested_median():
     assert abs(u.median().item() - 1 / (1 + math.exp(-1.0))) < 0.02
 
 
+def test_noise_is_unit_gaussian_unless_an_outlier_share_is_set():
+    plain = FlowMatchingObjective().sample_noise((4, 1, 64, 64), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain, torch.randn(4, 1, 64, 64, generator=torch.Generator().manual_seed(0)))
+    objective = FlowMatchingObjective(noise_outlier_prob=0.05, noise_outlier_scale=2.5)
+    noise = objective.sample_noise((4, 1, 64, 64), torch.Generator().manual_seed(0))
+    scaled = ~torch.isclose(noise, plain)
+    torch.testing.assert_close(noise[scaled], plain[scaled] * 2.5)  # the same draws, a share of them scaled
+    assert abs(scaled.float().mean().item() - 0.05) < 0.01
+    assert (noise.abs() > 4).float().mean() > 10 * (plain.abs() > 4).float().mean()
+
+
+@pytest.mark.parametrize("prob, scale", [(-0.1, 2.0), (1.5, 2.0), (0.1, 0.0)])
+def test_outlier_noise_settings_are_checked(prob, scale):
+    with pytest.raises(ValueError, match="noise_outlier_prob"):
+        FlowMatchingObjective(noise_outlier_prob=prob, noise_outlier_scale=scale)
+
+
 def test_the_exact_velocity_has_zero_loss():
     data = batch()
     exact = data["noise"] - data["pixel_values"]

@@ -171,12 +171,13 @@ class FlowMatchingDataset(torch.utils.data.Dataset):
     """Training samples with their random draws, indexed by the `(row, step, position)` keys of `StepBatchSampler`.
 
     An item holds `pixel_values` (C, H, W) in [-1, 1] (C = `channels`: grey, RGB or RGBA; (H, W) = the row's
-    `sizes` entry), the flow-matching `noise` (C, H, W), `u` (the σ density sample of `objective`, a 0-d tensor),
-    `drop` (classifier-free-guidance dropout of the condition, with `drop_probability`) and `condition` (the row's
-    entry of `conditions`, e.g. a class id or a caption; one is picked when a row has several). PixelDiT2 adds
-    `drop_grounding` (its grounding dropped, with `grounding_drop_probability`), and a joint dropout of both with
-    `joint_drop_probability`. All draws come from a generator seeded with `sample_seed(seed, step, position)`, in the
-    order u, drop, [grounding, joint: only when their probabilities are set], condition, crop, flip, noise.
+    `sizes` entry), the flow-matching `noise` (C, H, W; `objective.sample_noise`), `u` (the σ density sample of
+    `objective`, a 0-d tensor), `drop` (classifier-free-guidance dropout of the condition, with `drop_probability`)
+    and `condition` (the row's entry of `conditions`, e.g. a class id or a caption; one is picked when a row has
+    several). PixelDiT2 adds `drop_grounding` (its grounding dropped, with `grounding_drop_probability`), and a joint
+    dropout of both with `joint_drop_probability`. All draws come from a generator seeded with
+    `sample_seed(seed, step, position)`, in the order u, drop, [grounding, joint: only when their probabilities are
+    set], condition, crop, flip, noise [, outliers: only when `objective.noise_outlier_prob` is set].
     """
 
     def __init__(
@@ -237,7 +238,7 @@ class FlowMatchingDataset(torch.utils.data.Dataset):
             resample=self.resample,
             generator=generator,
         )
-        noise = torch.randn(pixel_values.shape, generator=generator)
+        noise = self.objective.sample_noise(pixel_values.shape, generator)
         return {"pixel_values": pixel_values, "noise": noise, "u": u, **drops, "condition": condition}
 
 
