@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.cache_utils import CacheMixin
@@ -194,6 +195,34 @@ def constant_table(make_table: Callable, *args):
     if torch.compiler.is_compiling():
         return make_table(*args)
     return _cached_constant_table(make_table, *args)
+
+
+class PixelDiTRotaryPosEmbed(nn.Module):
+    """The 2-D RoPE of a patch grid (`get_2d_interleaved_rotary_pos_embed`, from the constant-table cache), as a
+    module without weights: context parallelism splits its tables where they are made (`_cp_plan`)."""
+
+    def __init__(self, head_dim: int, grid_extent: float, theta: float):
+        super().__init__()
+        self.head_dim, self.grid_extent, self.theta = head_dim, grid_extent, theta
+
+    def forward(self, grid_height: int, grid_width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(cos, sin)`, each `(grid_height * grid_width, head_dim)`."""
+        return constant_table(
+            get_2d_interleaved_rotary_pos_embed,
+            *(self.head_dim, grid_height, grid_width, self.grid_extent, self.theta, device, 0),
+        )
+
+
+class PixelDiTTextRotaryPosEmbed(nn.Module):
+    """The 1-D RoPE of the text tokens (`get_text_rotary_pos_embed`, cached), as a module for `_cp_plan`."""
+
+    def __init__(self, head_dim: int, theta: float, use_rope: bool):
+        super().__init__()
+        self.head_dim, self.theta, self.use_rope = head_dim, theta, use_rope
+
+    def forward(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(cos, sin)`, each `(length, head_dim)`."""
+        return constant_table(get_text_rotary_pos_embed, self.head_dim, length, self.theta, self.use_rope, device)
 
 
 def check_image_inputs(hidden_states: torch.Tensor, timestep: torch.Tensor, in_channels: int, patch_size: int):
@@ -659,8 +688,34 @@ class PixelDiTTransformer2DModel(
         )
         self.norm_out = RMSNorm(pixel_embed_dim, eps=NORM_EPS)
         self.proj_out = nn.Linear(pixel_embed_dim, in_channels)
+        self.rope = PixelDiTRotaryPosEmbed(attention_head_dim, rope_grid_extent, rope_theta)
+        self.pixel_rope = PixelDiTRotaryPosEmbed(pixel_attention_head_dim, rope_grid_extent, rope_theta)
+        if self.is_text_conditioned:
+            self.text_rope = PixelDiTTextRotaryPosEmbed(attention_head_dim, rope_theta, use_text_rope)
+        self._cp_plan = self._context_parallel_plan()
 
         self.gradient_checkpointing = False
+
+    def _context_parallel_plan(self) -> dict:
+        """diffusers' context parallelism (`enable_parallelism`): the patch sequence is split where it is made (the
+        patch embedding, the RoPE tables), the text and pixel tokens as the first block of their pathway takes them,
+        and the pixel outputs `(B, L, p², C)` are gathered after `proj_out`. Every split is along the patch grid, so
+        the pixel tokens of a patch stay with its patch token; the sequence and the text length must divide by the
+        degree."""
+        split_tables = {i: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True) for i in (0, 1)}
+        plan = {
+            "patch_embed": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+            "rope": split_tables,
+            "pixel_rope": split_tables,
+            "pixel_blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=4)},
+            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=4),
+        }
+        if self.is_text_conditioned:
+            plan["text_rope"] = split_tables
+            plan["transformer_blocks.0"] = {
+                "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3)
+            }
+        return plan
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PixelDiTTransformer2DModel":
@@ -753,21 +808,14 @@ class PixelDiTTransformer2DModel(
         temb = self.time_embed(time_proj.to(self.time_embed.linear_1.weight.dtype))
 
         patch_tokens = self.patch_embed(patchify(hidden_states, patch_size))  # (B, L, D)
-        rotary_emb = image_rotary_emb(self.config, self.config.attention_head_dim, grid_height, grid_width, device)
+        rotary_emb = self.rope(grid_height, grid_width, device)
 
         if self.is_text_conditioned:
             text = encoder_hidden_states[:, : self.config.max_text_length]
             text_length = text.shape[1]
             text_tokens = self.context_norm(self.context_embedder(text))
             text_tokens = text_tokens + self.context_pos_embed[:, :text_length].to(text_tokens.dtype)
-            text_rotary_emb = constant_table(
-                get_text_rotary_pos_embed,
-                self.config.attention_head_dim,
-                text_length,
-                self.config.rope_theta,
-                self.config.use_text_rope,
-                device,
-            )
+            text_rotary_emb = self.text_rope(text_length, device)
             joint_rotary_emb = tuple(torch.cat([t, i]) for t, i in zip(text_rotary_emb, rotary_emb))
             block_cond = F.silu(temb).to(dtype)
             for block in self.transformer_blocks:
@@ -795,8 +843,7 @@ class PixelDiTTransformer2DModel(
         pixel_tokens = pixel_tokens + pos_embed
         pixel_tokens = pixel_tokens.unflatten(1, (grid_height, patch_size)).unflatten(3, (grid_width, patch_size))
         pixel_tokens = pixel_tokens.transpose(2, 3).flatten(3, 4).flatten(1, 2)
-        pixel_head_dim = self.config.pixel_attention_head_dim or self.config.attention_head_dim
-        pixel_rotary_emb = image_rotary_emb(self.config, pixel_head_dim, grid_height, grid_width, device)
+        pixel_rotary_emb = self.pixel_rope(grid_height, grid_width, device)
         for block in self.pixel_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 pixel_tokens = self._gradient_checkpointing_func(block, pixel_tokens, pixel_cond, pixel_rotary_emb)
