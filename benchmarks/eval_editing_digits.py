@@ -157,7 +157,7 @@ def main(argv=None):
 def table(summary: dict) -> str:
     text = (
         f"{summary['digits']} held-out digits ({summary['per_class']} per class), each model's shipped recipe, "
-        f"{summary['threads']} torch threads; the classifier reads {summary['classifier_accuracy_on_originals']:.1%} "
+        f"{summary['threads']} torch thread{'s' if summary['threads'] > 1 else ''}; the classifier reads {summary['classifier_accuracy_on_originals']:.1%} "
         "of the originals right. Cells: the fraction of results the classifier reads as the requested class; in "
         "brackets, as the original digit; kept half: the largest uint8 difference to the input outside the mask.\n\n"
         "| task | target | class-conditional | text-to-image |\n|---|---:|---:|---:|\n"

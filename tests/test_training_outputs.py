@@ -79,6 +79,9 @@ def test_training_description_of_a_fine_tuned_lora_and_of_a_scratch_model():
     assert "Weights: raw (no EMA)." in lora and "REPA" not in lora
     assert scratch.startswith("A pixel-space PixelDiT (no VAE) trained from scratch (preset `B`) with")
     assert "training shift 4.0), labels dropped. REPA with `d`. Weights: EMA (decay 0.99)." in scratch
+    common["objective"] = FlowMatchingObjective(shift=4.0, noise_outlier_prob=0.03, noise_outlier_scale=3.5)
+    outliers = training_description(base_model="org/base", lora_rank=None, ema_decay=0.99, **common)
+    assert "training shift 4.0, 3% of the noise elements scaled by 3.5), labels dropped." in outliers
 
 
 @pytest.fixture

@@ -110,10 +110,15 @@ def training_description(
         subject = f"A rank-{lora_rank} LoRA for a pixel-space PixelDiT (no VAE)"
     origin = f"fine-tuned from `{base_model}`" if base_model else f"trained from scratch ({scratch_details})"
     weights = f"EMA (decay {ema_decay})" if ema_decay is not None else "raw (no EMA)"
+    outliers = ""
+    if objective.noise_outlier_prob:
+        outliers = (
+            f", {objective.noise_outlier_prob:.0%} of the noise elements scaled by {objective.noise_outlier_scale}"
+        )
     return (
         f"{subject} {origin} with `examples/{Path(script).name}`.\nTrained for {steps} steps at "
         f"{resolution}x{resolution} on `{dataset}` with rectified flow (x_t = (1 - σ)·x0 + σ·ε, the model predicts "
-        f"ε - x0; σ ~ {objective.weighting_scheme}, training shift {objective.shift}), {dropout}."
+        f"ε - x0; σ ~ {objective.weighting_scheme}, training shift {objective.shift}{outliers}), {dropout}."
         f"{f' {repa}.' if repa else ''} Weights: {weights}."
     )
 
