@@ -19,6 +19,8 @@ setup(
     install_requires=[
         "torch>=2.4",
         "diffusers>=0.40,<0.43",
+        # diffusers loads models with `_keep_in_fp32_modules` only through accelerate (`low_cpu_mem_usage=True`)
+        "accelerate>=0.31",
         "safetensors>=0.4",
         "huggingface_hub>=0.34",
         "numpy",

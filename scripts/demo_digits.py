@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.utils import is_accelerate_available
 from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image, ImageDraw
@@ -94,9 +93,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     diffusers_logging.disable_progress_bar()
-    # Without accelerate (the main-job install does not bring it) diffusers loads with low_cpu_mem_usage=False
-    # anyway, after a warning; ask for that directly. For a 16 MB model the two paths cost the same.
-    pipe = PixelDiTPipeline.from_pretrained(args.model, low_cpu_mem_usage=is_accelerate_available())
+    pipe = PixelDiTPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)  # the benchmark line says how long it took
     class_ids = sorted(int(i) for i in pipe.config.id2label)
     names = [pipe.config.id2label[str(i)].split(",")[0] for i in class_ids]
@@ -149,11 +146,8 @@ def editing_demo(args, threads: int, seconds: dict):
 
     start = time.perf_counter()
     diffusers_logging.disable_progress_bar()
-    low_cpu_mem_usage = is_accelerate_available()
-    inpaint = PixelDiTInpaintPipeline.from_pretrained(args.model, low_cpu_mem_usage=low_cpu_mem_usage)
-    img2img = PixelDiTImg2ImgPipeline.from_pretrained(
-        args.model, transformer=inpaint.transformer, low_cpu_mem_usage=low_cpu_mem_usage
-    )
+    inpaint = PixelDiTInpaintPipeline.from_pretrained(args.model)
+    img2img = PixelDiTImg2ImgPipeline.from_pretrained(args.model, transformer=inpaint.transformer)
     for pipe in (inpaint, img2img):
         pipe.set_progress_bar_config(disable=True)
     test_images, test_labels = load_digit_splits()["test"]

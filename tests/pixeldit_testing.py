@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 DEMO = Path(__file__).parents[1] / "scripts" / "demo_digits.py"
 # Installed for the tests (quantization) but not by README's main-job command, and imported by diffusers whenever it
 # is installed: torchao 0.18 then prints the load failures of its CUDA kernels on a CPU machine.
-NOT_IN_THE_MAIN_INSTALL = ("torchao",)
+NOT_IN_THE_MAIN_INSTALL = ("torchao", "gguf", "transformers", "peft", "datasets", "torchmetrics")
 
 # Tiny configurations used across the tests (random weights).
 TINY_C2I = dict(
