@@ -180,7 +180,7 @@ def model_from_preset(model_class: type, presets: dict[str, dict[str, Any]], nam
 
 
 def image_rotary_emb(config, head_dim: int, grid_height: int, grid_width: int, device, num_prefix: int = 0):
-    """The patch-grid RoPE `(cos, sin)` of a model `config` (its `rope_grid_extent` and `rope_theta`), from the
+    """The patch-grid RoPE `(cos, sin)` of a `config` (its `rope_grid_extent` and `rope_theta`), from the
     constant-table cache; see `get_2d_interleaved_rotary_pos_embed`."""
     return constant_table(
         get_2d_interleaved_rotary_pos_embed,
@@ -203,14 +203,12 @@ class PixelDiTRotaryPosEmbed(nn.Module):
 
     def __init__(self, head_dim: int, grid_extent: float, theta: float):
         super().__init__()
-        self.head_dim, self.grid_extent, self.theta = head_dim, grid_extent, theta
+        # named as the model config's fields, which `image_rotary_emb` reads
+        self.head_dim, self.rope_grid_extent, self.rope_theta = head_dim, grid_extent, theta
 
     def forward(self, grid_height: int, grid_width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """`(cos, sin)`, each `(grid_height * grid_width, head_dim)`."""
-        return constant_table(
-            get_2d_interleaved_rotary_pos_embed,
-            *(self.head_dim, grid_height, grid_width, self.grid_extent, self.theta, device, 0),
-        )
+        return image_rotary_emb(self, self.head_dim, grid_height, grid_width, device)
 
 
 class PixelDiTTextRotaryPosEmbed(nn.Module):
